@@ -1,0 +1,88 @@
+// Package hsm is one PKCS#11 token, done the way a cluster needs it: a
+// bounded session pool that never shares a session between goroutines and
+// never reuses a dead one, a key handle cache so that no operation on the
+// hot path searches the token, a deadline on every call, and errors that
+// keep the PKCS#11 return value and say whose fault they are.
+//
+// It is the only package of hsmkms that imports github.com/miekg/pkcs11.
+//
+// # Opening a token
+//
+// Open takes a Config (module path, token selector, PIN) or, through
+// ParseURI, an RFC 7512 PKCS#11 URI:
+//
+//	cfg, err := hsm.ParseURI("pkcs11:token=member-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/secrets/pin")
+//	tok, err := hsm.Open(ctx, cfg)
+//	defer tok.Close()
+//
+// A module path is loaded and initialized once per process and reference
+// counted; the last Token of a module finalizes it.
+//
+// # Keys
+//
+// Keys are named by a KeyID, stored as CKA_ID, and created with a KeySpec
+// (AES, HMAC, RSA, EC). Every key is a token object, private and
+// sensitive. A key created with KeyOptions.Extractable can leave the token
+// only wrapped, and only under a wrapping key the security officer marked
+// trusted (CKA_WRAP_WITH_TRUSTED); CreateTrustedWrappingKey is that
+// administrative path. Key material never enters this process in
+// plaintext: UnwrapKey imports inside the token.
+//
+// A key is resolved once with C_FindObjects, then its object handles are
+// cached. The cache belongs to a session generation: when the module is
+// restarted or the device lost, every cached handle is forgotten, because
+// modules reuse handle numbers and a stale handle could silently name
+// another object.
+//
+// # Concurrency
+//
+// A Token is safe for concurrent use. Each call borrows a session from a
+// pool of at most Config.MaxSessions and runs its PKCS#11 calls on a
+// worker goroutine that holds that session alone: SoftHSM aborts the
+// process when two threads share a session, and other HSMs answer
+// CKR_OPERATION_ACTIVE. Callers beyond the pool size wait, honouring their
+// context.
+//
+// Every call has a deadline: the caller's, or Config.CallTimeout when that
+// comes first. A call that passes it returns at the deadline with ctx's
+// error (ErrTimeout for our own timeout), its session is never reused and
+// the token reports itself unhealthy (Health). The worker stuck in the
+// module is accepted as lost. Cancelling a context never counts against
+// the token.
+//
+// When a call returns a session-fatal code (CKR_SESSION_HANDLE_INVALID,
+// CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+// CKR_TOKEN_NOT_PRESENT, CKR_CRYPTOKI_NOT_INITIALIZED, ...), the token
+// starts a new session generation: idle sessions are dropped, cached
+// handles forgotten, and the next session re-initializes the module if it
+// was finalized, finds the token's slot again, and logs in. No session of
+// the new generation is opened while a session of an older one is still
+// borrowed, so an old handle can never reach a new session or object.
+// CKR_USER_NOT_LOGGED_IN logs in again. The failed call is retried once.
+//
+// Close waits for in-flight calls and is idempotent.
+//
+// # Errors
+//
+// Every error is an *Error carrying the Op, the token and the CKR when
+// there is one; errors.Is works with the sentinels (ErrKeyNotFound,
+// ErrDecrypt, ErrVerify, ErrTimeout, ...) and with a CKR value. Classify
+// says whose fault an error is: the caller's (bad input, bad ciphertext,
+// bad signature, unknown key), the member's (retry elsewhere), fatal
+// (wrong PIN, missing mechanism) or the context's. Decryption and
+// verification failures are deliberately vague: ErrDecrypt and ErrVerify,
+// without a code.
+//
+// PINs live in a PIN value that never prints itself: String, GoString,
+// every fmt verb, JSON, text and slog show "[REDACTED]". No error or log
+// line contains a PIN or key material.
+//
+// # Vendors
+//
+// Differences between vendors are data in a Profile, detected from the
+// token's manufacturer and model or set in Config: AWS CloudHSM writes its
+// own AES-GCM IV back and caps GCM input at 16 KiB; SoftHSM 2.6 does
+// RSA-OAEP with SHA-1 only and reports a bad GCM tag as CKR_GENERAL_ERROR.
+// Whatever IV a token used is returned with the ciphertext, so any member
+// can decrypt.
+package hsm

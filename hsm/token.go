@@ -1,0 +1,607 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Token is one PKCS#11 token, logged in as user, ready to serve. It is safe
+// for concurrent use; see the package documentation for how sessions are
+// shared.
+type Token struct {
+	cfg  Config // a copy; never the caller's
+	opts options
+	log  *slog.Logger
+	mod  *module
+	mech map[uint]bool // mechanisms the token offers
+
+	// closeMu is held for reading by every public call and for writing by
+	// Close, so Close waits for in-flight calls to return.
+	closeMu sync.RWMutex
+	closed  bool
+
+	sem     chan struct{} // one slot per session the pool may hold
+	workers sync.WaitGroup
+	stuck   atomic.Int32 // workers abandoned by their caller and still running
+
+	reconnectMu sync.Mutex // one reconnect at a time
+
+	mu            sync.Mutex // guards the fields below
+	gen           uint64     // session generation; every cached handle belongs to one
+	needReconnect bool
+	loggedIn      bool
+	slot          uint
+	info          TokenInfo
+	idle          []*session
+	borrowed      int           // borrowed sessions of the current generation
+	oldBorrowed   int           // borrowed sessions of older generations
+	drained       chan struct{} // closed when oldBorrowed reaches 0
+	healthy       bool
+	lastErr       error
+
+	keys keyCache
+}
+
+// TokenInfo describes the token a Token is connected to.
+type TokenInfo struct {
+	Label        string
+	Serial       string
+	Manufacturer string
+	Model        string
+	Slot         uint
+	Profile      Profile
+}
+
+// Health is a token's own view of whether it works.
+type Health struct {
+	Healthy bool
+	// Err is the member's fault that made the token unhealthy, if any.
+	Err error
+}
+
+type session struct {
+	h   pkcs11.SessionHandle
+	gen uint64
+}
+
+// Open loads the module (once per process), finds the token, logs in and
+// returns a Token. Close it when done.
+func Open(ctx context.Context, cfg Config, opt ...Option) (*Token, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, f := range opt {
+		f(&o)
+	}
+	t := &Token{
+		cfg:  cfg,
+		opts: o,
+		log:  o.logger,
+		sem:  make(chan struct{}, cfg.MaxSessions),
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	t.keys.init()
+	mod, err := acquireModule(cfg.ModulePath)
+	if err != nil {
+		return nil, &Error{Op: OpOpen, Token: cfg.selector(), Err: err}
+	}
+	t.mod = mod
+	if err := t.connect(ctx); err != nil {
+		_ = mod.release()
+		return nil, err
+	}
+	// Log in now so that a wrong PIN fails Open, not the first call.
+	if err := t.do(ctx, OpLogin, func(*session) error { return nil }); err != nil {
+		_ = mod.release()
+		return nil, err
+	}
+	return t, nil
+}
+
+// connect finds the slot and reads the token's information and mechanisms.
+func (t *Token) connect(ctx context.Context) error {
+	var slot uint
+	var info TokenInfo
+	var mechs []*pkcs11.Mechanism
+	err := t.intercept(ctx, OpOpen, func() error {
+		var err error
+		if slot, info, err = t.findSlot(); err != nil {
+			return err
+		}
+		mechs, err = t.mod.ctx.GetMechanismList(slot)
+		return err
+	})
+	if err != nil {
+		return t.wrap(OpOpen, err)
+	}
+	m := make(map[uint]bool, len(mechs))
+	for _, mm := range mechs {
+		m[mm.Mechanism] = true
+	}
+	t.mu.Lock()
+	t.slot, t.info, t.mech, t.healthy = slot, info, m, true
+	t.mu.Unlock()
+	return nil
+}
+
+// findSlot finds the one slot whose token matches the selector.
+func (t *Token) findSlot() (uint, TokenInfo, error) {
+	slots, err := t.mod.ctx.GetSlotList(true)
+	if err != nil {
+		return 0, TokenInfo{}, err
+	}
+	var found []uint
+	var info TokenInfo
+	for _, s := range slots {
+		if t.cfg.Slot != nil && *t.cfg.Slot != s {
+			continue
+		}
+		ti, err := t.mod.ctx.GetTokenInfo(s)
+		if err != nil {
+			continue // a slot that went away meanwhile
+		}
+		label := strings.TrimRight(ti.Label, " \x00")
+		serial := strings.TrimRight(ti.SerialNumber, " \x00")
+		if t.cfg.TokenLabel != "" && t.cfg.TokenLabel != label {
+			continue
+		}
+		if t.cfg.TokenSerial != "" && t.cfg.TokenSerial != serial {
+			continue
+		}
+		if ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		found = append(found, s)
+		manufacturer := strings.TrimRight(ti.ManufacturerID, " \x00")
+		model := strings.TrimRight(ti.Model, " \x00")
+		info = TokenInfo{Label: label, Serial: serial, Manufacturer: manufacturer, Model: model, Slot: s}
+		if t.cfg.Profile != nil {
+			info.Profile = *t.cfg.Profile
+		} else {
+			info.Profile = DetectProfile(manufacturer, model)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return 0, TokenInfo{}, fmt.Errorf("%w: no token with %s", ErrTokenNotFound, t.cfg.selector())
+	case 1:
+		return found[0], info, nil
+	}
+	return 0, TokenInfo{}, fmt.Errorf("%w: %d tokens match %s; select by serial or slot", ErrInvalidInput, len(found), t.cfg.selector())
+}
+
+// Info returns what the token reported when it was last (re)connected.
+func (t *Token) Info() TokenInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.info
+}
+
+// Health returns the token's own view of its health: unhealthy after a
+// member's fault (a timeout, a lost device, a failed reconnect), healthy
+// again after the next successful call or probe.
+func (t *Token) Health() Health {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return Health{Healthy: t.healthy && !t.closed, Err: t.lastErr}
+}
+
+// Probe checks the token end to end: a session, the login state and the
+// token's presence in its slot. It updates Health.
+func (t *Token) Probe(ctx context.Context) error {
+	return t.do(ctx, OpProbe, func(s *session) error {
+		si, err := t.mod.ctx.GetSessionInfo(s.h)
+		if err != nil {
+			return err
+		}
+		if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+			return CKR(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
+		_, err = t.mod.ctx.GetTokenInfo(si.SlotID)
+		return err
+	})
+}
+
+// Close waits for in-flight calls to return, closes the sessions and
+// releases the module; the last Token of a module finalizes it. Close is
+// idempotent; calls after it return ErrClosed.
+func (t *Token) Close() error {
+	t.closeMu.Lock()
+	if t.closed {
+		t.closeMu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.closeMu.Unlock()
+
+	if t.stuck.Load() > 0 {
+		// A worker is blocked inside the module. Finalizing under it could
+		// crash the process, so the module stays loaded; the goroutine is
+		// accepted as lost.
+		t.log.Warn("hsm: closing with calls stuck in the module; module left loaded", "token", t.cfg.selector())
+		return nil
+	}
+	t.workers.Wait()
+	t.mu.Lock()
+	idle, gen := t.idle, t.gen
+	t.idle = nil
+	t.mu.Unlock()
+	var errs []error
+	for _, s := range idle {
+		if s.gen == gen {
+			if err := t.mod.ctx.CloseSession(s.h); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := t.mod.release(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// intercept runs call through the Interceptor, if there is one.
+func (t *Token) intercept(ctx context.Context, op Op, call func() error) error {
+	if t.opts.interceptor == nil {
+		return call()
+	}
+	return t.opts.interceptor.Intercept(ctx, op, call)
+}
+
+// do runs fn with a session of its own on a worker goroutine, so that the
+// caller returns at its deadline even if the module never does. It
+// retries once on a fresh session when the session turned out dead or
+// logged out.
+func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {
+	t.closeMu.RLock()
+	defer t.closeMu.RUnlock()
+	if t.closed {
+		return t.wrap(op, ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return t.wrap(op, err)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, t.cfg.CallTimeout, ErrTimeout)
+	defer cancel()
+	if err := t.acquire(ctx, 1); err != nil {
+		return t.wrap(op, err)
+	}
+	return t.run(ctx, op, fn)
+}
+
+// acquire takes n session slots, waiting honours ctx.
+func (t *Token) acquire(ctx context.Context, n int) error {
+	for i := 0; i < n; i++ {
+		select {
+		case t.sem <- struct{}{}:
+		default:
+			select {
+			case t.sem <- struct{}{}:
+			case <-ctx.Done():
+				for ; i > 0; i-- {
+					<-t.sem
+				}
+				return t.ctxErr(ctx)
+			}
+		}
+	}
+	return nil
+}
+
+// run runs fn on a worker that owns one acquired slot and releases it.
+func (t *Token) run(ctx context.Context, op Op, fn func(*session) error) error {
+	var inCall atomic.Bool
+	done := make(chan error, 1)
+	t.workers.Add(1)
+	go func() {
+		defer t.workers.Done()
+		defer func() { <-t.sem }()
+		done <- t.work(ctx, op, fn, &inCall)
+	}()
+
+	select {
+	case err := <-done:
+		return t.finish(op, err)
+	case <-ctx.Done():
+		select {
+		case err := <-done: // finished at the same moment: prefer the answer
+			return t.finish(op, err)
+		default:
+		}
+	}
+	err := t.ctxErr(ctx)
+	if inCall.Load() && errors.Is(err, context.DeadlineExceeded) {
+		// The module did not answer in time: a stalled HSM.
+		t.stuck.Add(1)
+		go func() { <-done; t.stuck.Add(-1) }()
+		t.setHealth(false, t.wrap(op, err))
+		t.log.Warn("hsm: call passed its deadline; session abandoned", "token", t.cfg.selector(), "op", op)
+	}
+	return t.wrap(op, err)
+}
+
+// ctxErr is ErrTimeout when our own CallTimeout fired, else ctx's error.
+func (t *Token) ctxErr(ctx context.Context) error {
+	if errors.Is(context.Cause(ctx), ErrTimeout) {
+		return ErrTimeout
+	}
+	return ctx.Err()
+}
+
+// finish records the outcome in Health and wraps the error.
+func (t *Token) finish(op Op, err error) error {
+	if err == nil {
+		t.setHealth(true, nil)
+		return nil
+	}
+	werr := t.wrap(op, err)
+	if Classify(werr) == ClassMember {
+		t.setHealth(false, werr)
+	}
+	return werr
+}
+
+func (t *Token) setHealth(ok bool, err error) {
+	t.mu.Lock()
+	changed := t.healthy != ok
+	t.healthy, t.lastErr = ok, err
+	t.mu.Unlock()
+	if changed {
+		if ok {
+			t.log.Info("hsm: token healthy", "token", t.cfg.selector())
+		} else {
+			t.log.Warn("hsm: token unhealthy", "token", t.cfg.selector(), "err", err)
+		}
+	}
+}
+
+// work is the worker's side of do.
+func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall *atomic.Bool) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var s *session
+		inCall.Store(true)
+		s, err = t.getSession(ctx)
+		if err != nil {
+			inCall.Store(false)
+			if attempt == 0 && retryable(err) && ctx.Err() == nil {
+				continue
+			}
+			return err
+		}
+		err = t.intercept(ctx, op, func() error { return fn(s) })
+		inCall.Store(false)
+		retry := t.putSession(ctx, s, err)
+		if !retry || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// retryable reports whether a fresh session may succeed where this failed.
+func retryable(err error) bool {
+	code, ok := asCKR(err)
+	return ok && (sessionFatal(code) || code == CKR(pkcs11.CKR_USER_NOT_LOGGED_IN) || code == CKR(pkcs11.CKR_OPERATION_ACTIVE))
+}
+
+// getSession returns an idle session or opens a new one. New sessions are
+// opened only once every borrowed session of an older generation is back:
+// the module may reuse handle numbers after a restart, and two goroutines
+// must never hold the same handle, nor may an old handle reach a new
+// object.
+func (t *Token) getSession(ctx context.Context) (*session, error) {
+	t.mu.Lock()
+	if n := len(t.idle); n > 0 {
+		s := t.idle[n-1]
+		t.idle = t.idle[:n-1]
+		t.borrowed++
+		t.mu.Unlock()
+		return s, nil
+	}
+	for t.oldBorrowed > 0 {
+		ch := t.drained
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		t.mu.Lock()
+	}
+	needReconnect := t.needReconnect
+	t.mu.Unlock()
+
+	if needReconnect {
+		if err := t.reconnect(ctx); err != nil {
+			return nil, err
+		}
+	}
+	t.mu.Lock()
+	gen, slot, loggedIn := t.gen, t.slot, t.loggedIn
+	t.mu.Unlock()
+
+	var h pkcs11.SessionHandle
+	err := t.intercept(ctx, OpOpen, func() error {
+		var err error
+		h, err = t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		return err
+	})
+	if err != nil {
+		if code, ok := asCKR(err); ok && sessionFatal(code) {
+			t.invalidate(gen, "open session: "+code.Error())
+		}
+		return nil, err
+	}
+	s := &session{h: h, gen: gen}
+	if !loggedIn {
+		if err := t.login(ctx, s); err != nil {
+			_ = t.intercept(ctx, OpOpen, func() error { return t.mod.ctx.CloseSession(h) })
+			return nil, err
+		}
+	}
+	t.mu.Lock()
+	if t.gen != gen {
+		// The generation moved while we opened: this session belongs to
+		// the old one. Count it as old so the barrier waits for it.
+		t.oldBorrowed++
+	} else {
+		t.borrowed++
+	}
+	t.mu.Unlock()
+	return s, nil
+}
+
+// login logs the application in as user through session s.
+func (t *Token) login(ctx context.Context, s *session) error {
+	err := t.intercept(ctx, OpLogin, func() error {
+		return t.mod.ctx.Login(s.h, pkcs11.CKU_USER, t.cfg.PIN.reveal())
+	})
+	if code, ok := asCKR(err); ok {
+		switch uint(code) {
+		case pkcs11.CKR_USER_ALREADY_LOGGED_IN:
+			err = nil
+		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE,
+			pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_USER_PIN_NOT_INITIALIZED:
+			return &Error{Op: OpLogin, Token: t.cfg.selector(), Code: code, Err: ErrLogin}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if t.gen == s.gen {
+		t.loggedIn = true
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// putSession gives a borrowed session back, or drops it when err says it
+// is dead or the caller abandoned it. It reports whether the operation
+// should be retried on a fresh session.
+func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bool) {
+	code, isCKR := asCKR(err)
+	keep := ctx.Err() == nil // an abandoned session is never reused
+	switch {
+	case isCKR && sessionFatal(code):
+		t.invalidate(s.gen, code.Error())
+		keep, retry = false, true
+	case isCKR && code == CKR(pkcs11.CKR_USER_NOT_LOGGED_IN):
+		t.mu.Lock()
+		if t.gen == s.gen {
+			t.loggedIn = false
+		}
+		t.mu.Unlock()
+		keep, retry = false, true
+	case isCKR && code == CKR(pkcs11.CKR_OPERATION_ACTIVE):
+		keep, retry = false, true
+	}
+
+	t.mu.Lock()
+	current := s.gen == t.gen
+	if current {
+		t.borrowed--
+		if keep {
+			t.idle = append(t.idle, s)
+		}
+	} else {
+		t.oldBorrowed--
+		if t.oldBorrowed == 0 && t.drained != nil {
+			close(t.drained)
+			t.drained = nil
+		}
+	}
+	t.mu.Unlock()
+	if current && !keep {
+		// Close what we will not reuse; a session of an older generation is
+		// never closed, since its handle may now name someone else's.
+		_ = t.intercept(context.WithoutCancel(ctx), OpOpen, func() error { return t.mod.ctx.CloseSession(s.h) })
+	}
+	return retry
+}
+
+// invalidate starts a new session generation after a session-fatal code
+// seen on a session of generation gen: idle sessions are dropped unclosed,
+// cached object handles forgotten, and the next new session reconnects.
+func (t *Token) invalidate(gen uint64, reason string) {
+	t.mu.Lock()
+	if t.gen != gen {
+		t.mu.Unlock()
+		return // already done for this generation
+	}
+	t.gen++
+	t.idle = nil
+	t.oldBorrowed += t.borrowed
+	t.borrowed = 0
+	if t.oldBorrowed > 0 && t.drained == nil {
+		t.drained = make(chan struct{})
+	}
+	t.needReconnect = true
+	t.loggedIn = false
+	t.mu.Unlock()
+	t.keys.clear()
+	t.log.Warn("hsm: sessions invalidated; reconnecting", "token", t.cfg.selector(), "reason", reason)
+}
+
+// reconnect re-initializes the module if it was finalized and finds the
+// token's slot again (a replaced token may sit in another slot).
+func (t *Token) reconnect(ctx context.Context) error {
+	t.reconnectMu.Lock()
+	defer t.reconnectMu.Unlock()
+	t.mu.Lock()
+	if !t.needReconnect {
+		t.mu.Unlock()
+		return nil
+	}
+	t.mu.Unlock()
+	var slot uint
+	var info TokenInfo
+	err := t.intercept(ctx, OpOpen, func() error {
+		if err := t.mod.initialize(); err != nil {
+			return err
+		}
+		var err error
+		slot, info, err = t.findSlot()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if info.Serial != t.info.Serial {
+		t.log.Warn("hsm: token replaced", "token", t.cfg.selector(), "old_serial", t.info.Serial, "new_serial", info.Serial)
+	}
+	t.slot, t.info, t.needReconnect = slot, info, false
+	t.mu.Unlock()
+	return nil
+}
+
+// wrap makes err an *Error carrying op, the token and the CKR. An *Error
+// passes through unchanged.
+func (t *Token) wrap(op Op, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	e = &Error{Op: op, Token: t.cfg.selector(), Err: err}
+	if code, ok := asCKR(err); ok {
+		e.Code = code
+		e.Err = code
+	}
+	return e
+}

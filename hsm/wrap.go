@@ -1,0 +1,299 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// WrapMechanism is how a key is wrapped.
+type WrapMechanism int
+
+// The wrapping mechanisms.
+const (
+	// AESKeyWrapPad is AES key wrap with padding (RFC 5649,
+	// CKM_AES_KEY_WRAP_PAD) under an AES wrapping key: how a cluster copies
+	// keys between members.
+	AESKeyWrapPad WrapMechanism = iota + 1
+	// RSAOAEP wraps a secret key with RSA-OAEP under an RSA public key (and
+	// unwraps with its private key): how key material is imported, and how
+	// a cluster's wrapping key reaches a joining member.
+	RSAOAEP
+	// RSAAESKeyWrap is CKM_RSA_AES_KEY_WRAP as AWS KMS import uses it: an
+	// ephemeral AES key wrapped with RSA-OAEP, followed by the key wrapped
+	// under it with AES key wrap with padding. Unwrap only. Tokens without
+	// the mechanism get the same result from two unwraps inside the token;
+	// the ephemeral key is a session object, destroyed at once.
+	RSAAESKeyWrap
+)
+
+// Wrapping names a mechanism and, for the RSA ones, the OAEP hash.
+type Wrapping struct {
+	Mechanism WrapMechanism
+	Hash      crypto.Hash // OAEP and MGF1 hash for RSAOAEP and RSAAESKeyWrap
+}
+
+// WrapKey returns key id wrapped under wrappingKey. The key must be
+// extractable; a key created wrap-with-trusted (every extractable key this
+// package makes) leaves only under a wrapping key an SO marked trusted.
+func (t *Token) WrapKey(ctx context.Context, wrappingKey, id KeyID, w Wrapping) ([]byte, error) {
+	if err := errors.Join(wrappingKey.Validate(), id.Validate()); err != nil {
+		return nil, t.wrap(OpWrapKey, err)
+	}
+	var out []byte
+	err := t.do(ctx, OpWrapKey, func(s *session) error {
+		wk, err := t.key(s, wrappingKey)
+		if err != nil {
+			return err
+		}
+		k, err := t.key(s, id)
+		if err != nil {
+			return err
+		}
+		var m []*pkcs11.Mechanism
+		var wh pkcs11.ObjectHandle
+		switch w.Mechanism {
+		case AESKeyWrapPad:
+			if specs[wk.info.Spec].keyType != pkcs11.CKK_AES {
+				return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
+			}
+			m, wh = mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv
+		case RSAOAEP:
+			if specs[wk.info.Spec].keyType != pkcs11.CKK_RSA || !wk.hasPb {
+				return fmt.Errorf("%w: wrapping key %s is not an RSA public key", ErrWrongKeyType, wrappingKey)
+			}
+			if k.info.Spec.Asymmetric() {
+				return fmt.Errorf("%w: RSA-OAEP wraps secret keys only", ErrInvalidInput)
+			}
+			params, err := t.oaepParams(w.Hash)
+			if err != nil {
+				return err
+			}
+			m, wh = mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.pub
+		default:
+			return fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, w.Mechanism)
+		}
+		out, err = t.mod.ctx.WrapKey(s.h, m, wh, k.priv)
+		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
+			return &Error{Code: c, Err: fmt.Errorf("%w: %s cannot be wrapped under %s (not extractable, or the wrapping key is not trusted)", ErrWrongKeyType, id, wrappingKey)}
+		}
+		return keyErr(err)
+	})
+	return out, err
+}
+
+// UnwrapRequest describes a key to create on the token from a wrapped blob.
+type UnwrapRequest struct {
+	WrappingKey KeyID // AES key (AESKeyWrapPad) or RSA key pair (RSAOAEP, RSAAESKeyWrap)
+	Wrapping    Wrapping
+	Wrapped     []byte
+	ID          KeyID
+	Spec        KeySpec
+	Options     KeyOptions
+	// PublicKey is the DER SubjectPublicKeyInfo of an asymmetric key; the
+	// token gets a public key object from it, checked against the private
+	// key before the pair is kept.
+	PublicKey []byte
+}
+
+// UnwrapKey creates key req.ID from a wrapped blob, inside the token: the
+// key material is never in this process. A blob that does not unwrap is
+// ErrDecrypt. On any failure nothing is left on the token.
+func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, error) {
+	err := errors.Join(req.WrappingKey.Validate(), req.ID.Validate(), req.Spec.Validate())
+	if err == nil && (len(req.Wrapped) == 0 || len(req.Wrapped) > MaxDataSize) {
+		err = fmt.Errorf("%w: wrapped key of %d bytes", ErrInvalidInput, len(req.Wrapped))
+	}
+	var pubAttrs []*pkcs11.Attribute
+	if err == nil && req.Spec.Asymmetric() {
+		if req.Wrapping.Mechanism != AESKeyWrapPad {
+			err = fmt.Errorf("%w: private keys unwrap with AESKeyWrapPad only", ErrInvalidInput)
+		} else {
+			pubAttrs, err = publicKeyAttrs(req.PublicKey, req.Spec)
+		}
+	}
+	if err != nil {
+		return KeyInfo{}, t.wrap(OpUnwrapKey, err)
+	}
+	opts := req.Options
+	if opts.Usage == 0 {
+		opts.Usage = req.Spec.defaultUsage()
+	}
+	info := KeyInfo{ID: req.ID, Spec: req.Spec, Usage: opts.Usage, Extractable: opts.Extractable}
+	err = t.do(ctx, OpUnwrapKey, func(s *session) error {
+		if err := t.ensureAbsent(s, req.ID); err != nil {
+			return err
+		}
+		wk, err := t.key(s, req.WrappingKey)
+		if err != nil {
+			return err
+		}
+		pubT, privT := templates(req.ID, req.Spec, opts)
+		privT = unwrapTemplate(privT)
+		priv, err := t.unwrap(s, wk, req, privT)
+		if err != nil {
+			return err
+		}
+		e := &keyEntry{gen: s.gen, info: info, priv: priv}
+		if req.Spec.Asymmetric() {
+			pubT = append(unwrapTemplate(pubT), pubAttrs...)
+			pub, err := t.mod.ctx.CreateObject(s.h, pubT)
+			if err == nil {
+				e.pub, e.hasPb = pub, true
+				err = t.checkPair(s, e)
+			}
+			if err != nil {
+				_ = t.mod.ctx.DestroyObject(s.h, priv)
+				if e.hasPb {
+					_ = t.mod.ctx.DestroyObject(s.h, e.pub)
+				}
+				return err
+			}
+		}
+		t.keys.put(e)
+		return nil
+	})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return info, nil
+}
+
+// unwrapTemplate drops the attributes an unwrap or a public key import
+// must not carry (the module derives them from the key material).
+func unwrapTemplate(tmpl []*pkcs11.Attribute) []*pkcs11.Attribute {
+	out := tmpl[:0:0]
+	for _, a := range tmpl {
+		switch a.Type {
+		case pkcs11.CKA_VALUE_LEN, pkcs11.CKA_MODULUS_BITS, pkcs11.CKA_PUBLIC_EXPONENT, pkcs11.CKA_EC_PARAMS:
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// unwrap runs the unwrap mechanism of req under wk.
+func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	wkType := specs[wk.info.Spec].keyType
+	switch req.Wrapping.Mechanism {
+	case AESKeyWrapPad:
+		if wkType != pkcs11.CKK_AES {
+			return 0, fmt.Errorf("%w: unwrapping key %s is not AES", ErrWrongKeyType, req.WrappingKey)
+		}
+		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, req.Wrapped, tmpl)
+		return h, unwrapErr(err)
+	case RSAOAEP, RSAAESKeyWrap:
+		if wkType != pkcs11.CKK_RSA {
+			return 0, fmt.Errorf("%w: unwrapping key %s is not RSA", ErrWrongKeyType, req.WrappingKey)
+		}
+		if req.Spec.Asymmetric() {
+			return 0, fmt.Errorf("%w: RSA unwrapping takes secret keys only", ErrInvalidInput)
+		}
+		params, err := t.oaepParams(req.Wrapping.Hash)
+		if err != nil {
+			return 0, err
+		}
+		if req.Wrapping.Mechanism == RSAOAEP {
+			h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.priv, req.Wrapped, tmpl)
+			return h, unwrapErr(err)
+		}
+		n := (specs[wk.info.Spec].bits + 7) / 8
+		if len(req.Wrapped) <= n {
+			return 0, ErrDecrypt
+		}
+		eph, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.priv, req.Wrapped[:n], []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
+		})
+		if err != nil {
+			return 0, unwrapErr(err)
+		}
+		defer func() { _ = t.mod.ctx.DestroyObject(s.h, eph) }()
+		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), eph, req.Wrapped[n:], tmpl)
+		return h, unwrapErr(err)
+	}
+	return 0, fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, req.Wrapping.Mechanism)
+}
+
+// unwrapErr makes a blob that does not unwrap the vague ErrDecrypt. A
+// template problem is ours, not the caller's, and stays visible.
+func unwrapErr(err error) error {
+	code, ok := asCKR(err)
+	if !ok {
+		return err
+	}
+	switch uint(code) {
+	case pkcs11.CKR_WRAPPED_KEY_INVALID, pkcs11.CKR_WRAPPED_KEY_LEN_RANGE, pkcs11.CKR_ENCRYPTED_DATA_INVALID,
+		pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11.CKR_DATA_INVALID, pkcs11.CKR_DATA_LEN_RANGE,
+		pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_ARGUMENTS_BAD:
+		return ErrDecrypt
+	}
+	return keyErr(err)
+}
+
+// checkPair proves that an unwrapped private key and the public key made
+// from the caller's SubjectPublicKeyInfo belong together.
+func (t *Token) checkPair(s *session, e *keyEntry) error {
+	si := specs[e.info.Spec]
+	mismatch := fmt.Errorf("%w: public key does not match the unwrapped private key", ErrInvalidInput)
+	switch {
+	case e.info.Usage&UsageSign != 0:
+		digest := sha256.Sum256([]byte("hsmkms pair check"))
+		sc := PKCS1v15
+		if si.keyType == pkcs11.CKK_EC {
+			sc = ECDSA
+		}
+		m, data, err := signMechanism(sc, crypto.SHA256, digest[:], si.keyType)
+		if err != nil {
+			return err
+		}
+		if err := t.mod.ctx.SignInit(s.h, m, e.priv); err != nil {
+			return err
+		}
+		sig, err := t.mod.ctx.Sign(s.h, data)
+		if err != nil {
+			return err
+		}
+		if err := t.mod.ctx.VerifyInit(s.h, m, e.pub); err != nil {
+			return err
+		}
+		if verifyErr(t.mod.ctx.Verify(s.h, data, sig)) != nil {
+			return mismatch
+		}
+	case e.info.Usage&UsageEncrypt != 0 && si.keyType == pkcs11.CKK_RSA:
+		params, err := t.oaepParams(crypto.SHA1)
+		if err != nil {
+			return err
+		}
+		probe := make([]byte, 32)
+		if _, err := rand.Read(probe); err != nil {
+			return err
+		}
+		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), e.pub); err != nil {
+			return err
+		}
+		ct, err := t.mod.ctx.Encrypt(s.h, probe)
+		if err != nil {
+			return err
+		}
+		if err := t.mod.ctx.DecryptInit(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), e.priv); err != nil {
+			return err
+		}
+		pt, err := t.mod.ctx.Decrypt(s.h, ct)
+		if err != nil || string(pt) != string(probe) {
+			return mismatch
+		}
+	}
+	return nil
+}
