@@ -158,7 +158,7 @@ type KeyInfo struct {
 type keyEntry struct {
 	gen   uint64
 	info  KeyInfo
-	priv  pkcs11.ObjectHandle // the secret or private key
+	priv  pkcs11.ObjectHandle // the secret or private key; 0 for a public key alone
 	pub   pkcs11.ObjectHandle // the public key, 0 if none
 	hasPb bool
 	spki  []byte // cached public key, DER; immutable once read
@@ -236,10 +236,14 @@ func (t *Token) key(s *session, id KeyID) (*keyEntry, error) {
 			e.pub, e.hasPb = o, true
 		}
 	}
-	if !found {
+	obj := e.priv
+	switch {
+	case !found && e.hasPb:
+		obj = e.pub // a public key alone, e.g. a trusted transport key
+	case !found:
 		return nil, ErrKeyNotFound
 	}
-	if e.info, err = t.describe(s, id, e.priv, e.pub, e.hasPb); err != nil {
+	if e.info, err = t.describe(s, id, obj, e.pub, e.hasPb); err != nil {
 		return nil, err
 	}
 	t.mu.Lock()
@@ -269,6 +273,9 @@ func (t *Token) describe(s *session, id KeyID, priv, pub pkcs11.ObjectHandle, ha
 		info.Usage |= UsageWrap
 	}
 	class, keyType := bytesToUint(a[pkcs11.CKA_CLASS]), bytesToUint(a[pkcs11.CKA_KEY_TYPE])
+	if class == pkcs11.CKO_PUBLIC_KEY {
+		class = pkcs11.CKO_PRIVATE_KEY // specs name a pair by its private half
+	}
 	if spec := specFromLabel(string(a[pkcs11.CKA_LABEL])); spec != "" {
 		if si := specs[spec]; si.class == class && si.keyType == keyType {
 			info.Spec = spec
@@ -345,6 +352,7 @@ func (t *Token) attrs(s *session, o pkcs11.ObjectHandle, types ...uint) (map[uin
 
 // find runs one C_FindObjects search to the end.
 func (t *Token) find(s *session, template []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	t.finds.Add(1)
 	if err := t.mod.ctx.FindObjectsInit(s.h, template); err != nil {
 		return nil, err
 	}

@@ -24,8 +24,9 @@ type module struct {
 	mu sync.Mutex // serializes (re)initialization
 }
 
-// acquireModule loads and initializes the module at path, or returns the
-// already loaded one with its reference count raised.
+// acquireModule loads the module at path, or returns the already loaded
+// one with its reference count raised. The caller initializes it (through
+// its Interceptor, so that a member held down stays down).
 func acquireModule(path string) (*module, error) {
 	modules.Lock()
 	defer modules.Unlock()
@@ -38,10 +39,6 @@ func acquireModule(path string) (*module, error) {
 		return nil, fmt.Errorf("%w: cannot load PKCS#11 module %q", ErrInvalidInput, path)
 	}
 	m := &module{path: path, ctx: ctx, refs: 1}
-	if err := m.initialize(); err != nil {
-		ctx.Destroy()
-		return nil, err
-	}
 	modules.byPath[path] = m
 	return m, nil
 }

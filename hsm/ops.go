@@ -189,8 +189,8 @@ func (t *Token) DecryptOAEP(ctx context.Context, id KeyID, h crypto.Hash, cipher
 	}
 	var out []byte
 	err = t.withKey(ctx, OpDecrypt, id, func(s *session, e *keyEntry) error {
-		if specs[e.info.Spec].keyType != pkcs11.CKK_RSA {
-			return fmt.Errorf("%w: %s is not an RSA key", ErrWrongKeyType, id)
+		if specs[e.info.Spec].keyType != pkcs11.CKK_RSA || e.priv == 0 {
+			return fmt.Errorf("%w: %s is not an RSA private key", ErrWrongKeyType, id)
 		}
 		if err := t.mod.ctx.DecryptInit(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), e.priv); err != nil {
 			return keyErr(err)
@@ -242,6 +242,9 @@ var digestInfoPrefix = map[crypto.Hash][]byte{
 
 // signMechanism builds the mechanism and the data to sign for a digest.
 func signMechanism(sc SigningScheme, h crypto.Hash, digest []byte, keyType uint) ([]*pkcs11.Mechanism, []byte, error) {
+	if sc != PKCS1v15 && sc != PSS && sc != ECDSA {
+		return nil, nil, fmt.Errorf("%w: signing scheme %v", ErrInvalidInput, sc)
+	}
 	hm, ok := hashMech[h]
 	if !ok || h == crypto.SHA1 {
 		return nil, nil, fmt.Errorf("%w: hash %v", ErrInvalidInput, h)
@@ -276,6 +279,9 @@ func (t *Token) Sign(ctx context.Context, id KeyID, sc SigningScheme, h crypto.H
 		m, data, err := signMechanism(sc, h, digest, si.keyType)
 		if err != nil {
 			return err
+		}
+		if e.priv == 0 {
+			return fmt.Errorf("%w: %s is a public key only", ErrWrongKeyType, id)
 		}
 		if err := t.mod.ctx.SignInit(s.h, m, e.priv); err != nil {
 			return keyErr(err)

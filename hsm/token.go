@@ -47,7 +47,8 @@ type Token struct {
 	healthy       bool
 	lastErr       error
 
-	keys keyCache
+	keys  keyCache
+	finds atomic.Int64 // C_FindObjects searches, for tests
 }
 
 // TokenInfo describes the token a Token is connected to.
@@ -115,6 +116,9 @@ func (t *Token) connect(ctx context.Context) error {
 	var info TokenInfo
 	var mechs []*pkcs11.Mechanism
 	err := t.intercept(ctx, OpOpen, func() error {
+		if err := t.mod.initialize(); err != nil {
+			return err
+		}
 		var err error
 		if slot, info, err = t.findSlot(); err != nil {
 			return err

@@ -55,6 +55,9 @@ func (t *Token) WrapKey(ctx context.Context, wrappingKey, id KeyID, w Wrapping) 
 		if err != nil {
 			return err
 		}
+		if k.priv == 0 {
+			return fmt.Errorf("%w: %s is a public key; there is nothing to wrap", ErrInvalidInput, id)
+		}
 		var m []*pkcs11.Mechanism
 		var wh pkcs11.ObjectHandle
 		switch w.Mechanism {

@@ -1,0 +1,343 @@
+package hsm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestRoundTrips creates a key of every spec and runs every operation it
+// supports, checking signatures with Go's crypto against the exported
+// public key.
+func TestRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+
+	for _, spec := range hsm.KeySpecs {
+		t.Run(string(spec), func(t *testing.T) {
+			id := hsm.KeyID("rt-" + strings.ToLower(string(spec)))
+			usage := hsm.UsageSign
+			if spec == hsm.AES128 || spec == hsm.AES256 {
+				usage = hsm.UsageEncrypt
+			}
+			if strings.HasPrefix(string(spec), "RSA") {
+				usage = hsm.UsageSign | hsm.UsageEncrypt
+			}
+			info, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{Usage: usage})
+			require.NoError(t, err)
+			assert.Equal(t, spec, info.Spec)
+
+			// A fresh resolution reads the same spec back from the token.
+			got, err := tok.Describe(ctx, id)
+			require.NoError(t, err)
+			assert.Equal(t, spec, got.Spec)
+			assert.Equal(t, usage, got.Usage)
+			assert.False(t, got.Extractable)
+
+			msg := []byte("the quick brown fox")
+			digest := sha256.Sum256(msg)
+			switch {
+			case spec == hsm.AES128 || spec == hsm.AES256:
+				ct, iv, err := tok.EncryptGCM(ctx, id, nil, msg, []byte("aad"))
+				require.NoError(t, err)
+				require.Len(t, iv, hsm.GCMIVSize)
+				require.Len(t, ct, len(msg)+hsm.GCMTagSize)
+				pt, err := tok.DecryptGCM(ctx, id, iv, ct, []byte("aad"))
+				require.NoError(t, err)
+				assert.Equal(t, msg, pt)
+
+			case strings.HasPrefix(string(spec), "HMAC"):
+				h := map[hsm.KeySpec]crypto.Hash{hsm.HMAC224: crypto.SHA224, hsm.HMAC256: crypto.SHA256, hsm.HMAC384: crypto.SHA384, hsm.HMAC512: crypto.SHA512}[spec]
+				mac, err := tok.MAC(ctx, id, h, msg)
+				require.NoError(t, err)
+				assert.Len(t, mac, h.Size())
+				require.NoError(t, tok.VerifyMAC(ctx, id, h, msg, mac))
+
+			case strings.HasPrefix(string(spec), "RSA"):
+				der, err := tok.PublicKey(ctx, id)
+				require.NoError(t, err)
+				pk, err := x509.ParsePKIXPublicKey(der)
+				require.NoError(t, err)
+				rpk := pk.(*rsa.PublicKey)
+
+				for _, sc := range []hsm.SigningScheme{hsm.PKCS1v15, hsm.PSS} {
+					sig, err := tok.Sign(ctx, id, sc, crypto.SHA256, digest[:])
+					require.NoError(t, err)
+					require.NoError(t, tok.Verify(ctx, id, sc, crypto.SHA256, digest[:], sig))
+					if sc == hsm.PKCS1v15 {
+						require.NoError(t, rsa.VerifyPKCS1v15(rpk, crypto.SHA256, digest[:], sig))
+					} else {
+						require.NoError(t, rsa.VerifyPSS(rpk, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}))
+					}
+				}
+				// RSA-OAEP both ways, and Go's encryption decrypts in the token.
+				ct, err := tok.EncryptOAEP(ctx, id, crypto.SHA1, msg)
+				require.NoError(t, err)
+				pt, err := tok.DecryptOAEP(ctx, id, crypto.SHA1, ct)
+				require.NoError(t, err)
+				assert.Equal(t, msg, pt)
+				goCT, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, rpk, msg, nil)
+				require.NoError(t, err)
+				pt, err = tok.DecryptOAEP(ctx, id, crypto.SHA1, goCT)
+				require.NoError(t, err)
+				assert.Equal(t, msg, pt)
+				// SoftHSM 2.6 does OAEP with SHA-1 only; the profile says so.
+				_, err = tok.EncryptOAEP(ctx, id, crypto.SHA256, msg)
+				assert.ErrorIs(t, err, hsm.ErrUnsupported)
+
+			default: // EC
+				sig, err := tok.Sign(ctx, id, hsm.ECDSA, crypto.SHA256, digest[:])
+				require.NoError(t, err)
+				require.NoError(t, tok.Verify(ctx, id, hsm.ECDSA, crypto.SHA256, digest[:], sig))
+				der, err := tok.PublicKey(ctx, id)
+				require.NoError(t, err)
+				if spec == hsm.ECSecp256k1 {
+					// crypto/x509 does not know secp256k1; the SPKI names it.
+					assert.True(t, bytes.Contains(der, []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}))
+					return
+				}
+				pk, err := x509.ParsePKIXPublicKey(der)
+				require.NoError(t, err)
+				assert.True(t, ecdsa.VerifyASN1(pk.(*ecdsa.PublicKey), digest[:], sig), "Go rejects the token's signature")
+			}
+		})
+	}
+}
+
+func TestGCMIVModes(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	_, err := tok.GenerateKey(ctx, "gcm", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	msg := []byte("payload")
+
+	// The caller's IV is used and returned.
+	iv := bytes.Repeat([]byte{7}, hsm.GCMIVSize)
+	ct, used, err := tok.EncryptGCM(ctx, "gcm", iv, msg, nil)
+	require.NoError(t, err)
+	assert.Equal(t, iv, used)
+	pt, err := tok.DecryptGCM(ctx, "gcm", used, ct, nil)
+	require.NoError(t, err)
+	assert.Equal(t, msg, pt)
+
+	// Without an IV, each encryption gets a fresh one.
+	_, iv1, err := tok.EncryptGCM(ctx, "gcm", nil, msg, nil)
+	require.NoError(t, err)
+	_, iv2, err := tok.EncryptGCM(ctx, "gcm", nil, msg, nil)
+	require.NoError(t, err)
+	assert.NotEqual(t, iv1, iv2)
+
+	// A profile that expects the HSM to write its IV back (CloudHSM) on a
+	// token that does not (SoftHSM leaves the zero IV) is refused rather
+	// than encrypting under an all-zero IV. Its 16 KiB input cap applies.
+	cloud := hsm.ProfileCloudHSM
+	ctok := open(t, m, func(c *hsm.Config) { c.Profile = &cloud })
+	_, _, err = ctok.EncryptGCM(ctx, "gcm", nil, msg, nil)
+	assert.ErrorIs(t, err, hsm.ErrUnsupported)
+	_, _, err = ctok.EncryptGCM(ctx, "gcm", iv, make([]byte, 16*1024+1), nil)
+	assert.ErrorIs(t, err, hsm.ErrInvalidInput)
+	_, _, err = ctok.EncryptGCM(ctx, "gcm", iv, make([]byte, 16*1024), nil)
+	assert.NoError(t, err)
+}
+
+// TestVagueFailures: every way a ciphertext, signature or MAC can be wrong
+// gives the same vague error, without a code, classified as the caller's.
+func TestVagueFailures(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "aes2", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "ec", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "mac", hsm.HMAC256, hsm.KeyOptions{})
+	require.NoError(t, err)
+
+	msg, aad := []byte("secret message"), []byte("context")
+	ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, msg, aad)
+	require.NoError(t, err)
+	flip := func(b []byte, i int) []byte { c := bytes.Clone(b); c[i] ^= 1; return c }
+
+	decrypts := map[string]func() error{
+		"wrong aad":      func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, ct, []byte("other")); return err },
+		"missing aad":    func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, ct, nil); return err },
+		"flipped body":   func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, flip(ct, 0), aad); return err },
+		"flipped tag":    func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, flip(ct, len(ct)-1), aad); return err },
+		"wrong iv":       func() error { _, err := tok.DecryptGCM(ctx, "aes", flip(iv, 0), ct, aad); return err },
+		"wrong key":      func() error { _, err := tok.DecryptGCM(ctx, "aes2", iv, ct, aad); return err },
+		"truncated":      func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, ct[:10], aad); return err },
+		"empty":          func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, nil, aad); return err },
+		"tag only":       func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, ct[len(ct)-16:], aad); return err },
+		"bad after good": func() error { _, err := tok.DecryptGCM(ctx, "aes", iv, flip(ct, 3), aad); return err },
+	}
+	var msgs []string
+	for name, f := range decrypts {
+		err := f()
+		require.ErrorIs(t, err, hsm.ErrDecrypt, name)
+		assert.Equal(t, hsm.ClassCaller, hsm.Classify(err), name)
+		var he *hsm.Error
+		require.ErrorAs(t, err, &he)
+		assert.Zero(t, he.Code, "%s: decrypt failures hide the code", name)
+		msgs = append(msgs, err.Error())
+	}
+	for _, m := range msgs {
+		assert.Equal(t, msgs[0], m, "every decrypt failure reads the same")
+	}
+	// The session stays usable after failures.
+	pt, err := tok.DecryptGCM(ctx, "aes", iv, ct, aad)
+	require.NoError(t, err)
+	assert.Equal(t, msg, pt)
+
+	d := sha256.Sum256(msg)
+	sig, err := tok.Sign(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:])
+	require.NoError(t, err)
+	other := sha256.Sum256([]byte("other"))
+	for name, f := range map[string]func() error{
+		"flipped sig":   func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], flip(sig, len(sig)-1)) },
+		"other digest":  func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, other[:], sig) },
+		"not DER":       func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], []byte("garbage")) },
+		"empty sig":     func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], nil) },
+		"trailing data": func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], append(bytes.Clone(sig), 0)) },
+	} {
+		err := f()
+		require.ErrorIs(t, err, hsm.ErrVerify, name)
+		assert.Equal(t, hsm.ClassCaller, hsm.Classify(err), name)
+	}
+	mac, err := tok.MAC(ctx, "mac", crypto.SHA256, msg)
+	require.NoError(t, err)
+	for name, bad := range map[string][]byte{"flipped": flip(mac, 0), "short": mac[:16], "empty": nil} {
+		err := tok.VerifyMAC(ctx, "mac", crypto.SHA256, msg, bad)
+		require.ErrorIs(t, err, hsm.ErrVerify, name)
+	}
+	require.ErrorIs(t, tok.VerifyMAC(ctx, "mac", crypto.SHA256, []byte("other"), mac), hsm.ErrVerify)
+}
+
+// TestBadInput: malformed, empty, oversized, unknown and mismatched input
+// gives typed errors and never a panic, and leaves nothing behind.
+func TestBadInput(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "ec", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "mac", hsm.HMAC256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	kek, err := tok.GenerateKey(ctx, "kek", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	require.Equal(t, hsm.UsageWrap, kek.Usage)
+	before, err := tok.ListKeys(ctx)
+	require.NoError(t, err)
+
+	iv := make([]byte, hsm.GCMIVSize)
+	d := sha256.Sum256([]byte("x"))
+	ecPub, err := tok.PublicKey(ctx, "ec")
+	require.NoError(t, err)
+	cases := []struct {
+		name string
+		want error
+		call func() error
+	}{
+		{"empty plaintext", hsm.ErrInvalidInput, func() error { _, _, err := tok.EncryptGCM(ctx, "aes", nil, nil, nil); return err }},
+		{"oversized plaintext", hsm.ErrInvalidInput, func() error {
+			_, _, err := tok.EncryptGCM(ctx, "aes", nil, make([]byte, hsm.MaxDataSize+1), nil)
+			return err
+		}},
+		{"short IV", hsm.ErrInvalidInput, func() error { _, _, err := tok.EncryptGCM(ctx, "aes", iv[:8], []byte("x"), nil); return err }},
+		{"empty IV on decrypt", hsm.ErrInvalidInput, func() error { _, err := tok.DecryptGCM(ctx, "aes", nil, make([]byte, 32), nil); return err }},
+		{"unknown key", hsm.ErrKeyNotFound, func() error { _, _, err := tok.EncryptGCM(ctx, "nope", nil, []byte("x"), nil); return err }},
+		{"invalid key ID", hsm.ErrInvalidInput, func() error { _, _, err := tok.EncryptGCM(ctx, "bad id!", nil, []byte("x"), nil); return err }},
+		{"empty key ID", hsm.ErrInvalidInput, func() error { _, err := tok.Describe(ctx, ""); return err }},
+		{"long key ID", hsm.ErrInvalidInput, func() error { _, err := tok.Describe(ctx, hsm.KeyID(strings.Repeat("a", 65))); return err }},
+		{"AES key signs", hsm.ErrWrongKeyType, func() error { _, err := tok.Sign(ctx, "aes", hsm.ECDSA, crypto.SHA256, d[:]); return err }},
+		{"EC key encrypts", hsm.ErrWrongKeyType, func() error { _, _, err := tok.EncryptGCM(ctx, "ec", nil, []byte("x"), nil); return err }},
+		{"EC key does PSS", hsm.ErrWrongKeyType, func() error { _, err := tok.Sign(ctx, "ec", hsm.PSS, crypto.SHA256, d[:]); return err }},
+		{"AES key MACs", hsm.ErrWrongKeyType, func() error { _, err := tok.MAC(ctx, "aes", crypto.SHA256, []byte("x")); return err }},
+		{"MAC key encrypts", hsm.ErrWrongKeyType, func() error { _, _, err := tok.EncryptGCM(ctx, "mac", nil, []byte("x"), nil); return err }},
+		{"wrapping key encrypts", hsm.ErrWrongKeyType, func() error { _, _, err := tok.EncryptGCM(ctx, "kek", nil, []byte("x"), nil); return err }},
+		{"EC key OAEP", hsm.ErrWrongKeyType, func() error { _, err := tok.EncryptOAEP(ctx, "ec", crypto.SHA1, []byte("x")); return err }},
+		{"short digest", hsm.ErrInvalidInput, func() error { _, err := tok.Sign(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:31]); return err }},
+		{"unknown scheme", hsm.ErrInvalidInput, func() error { _, err := tok.Sign(ctx, "ec", hsm.SigningScheme(99), crypto.SHA256, d[:]); return err }},
+		{"empty MAC message", hsm.ErrInvalidInput, func() error { _, err := tok.MAC(ctx, "mac", crypto.SHA256, nil); return err }},
+		{"zero random", hsm.ErrInvalidInput, func() error { _, err := tok.Random(ctx, 0); return err }},
+		{"huge random", hsm.ErrInvalidInput, func() error { _, err := tok.Random(ctx, 1<<20); return err }},
+		{"unknown spec", hsm.ErrInvalidInput, func() error { _, err := tok.GenerateKey(ctx, "x", "DES", hsm.KeyOptions{}); return err }},
+		{"duplicate ID", hsm.ErrKeyExists, func() error { _, err := tok.GenerateKey(ctx, "aes", hsm.AES128, hsm.KeyOptions{}); return err }},
+		{"destroy unknown", hsm.ErrKeyNotFound, func() error { return tok.DestroyKey(ctx, "nope") }},
+		{"public key of AES", hsm.ErrWrongKeyType, func() error { _, err := tok.PublicKey(ctx, "aes"); return err }},
+		{"wrap non-extractable", hsm.ErrWrongKeyType, func() error {
+			_, err := tok.WrapKey(ctx, "kek", "aes", hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad})
+			return err
+		}},
+		{"unwrap empty blob", hsm.ErrInvalidInput, func() error {
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, ID: "new", Spec: hsm.AES256})
+			return err
+		}},
+		{"unwrap garbage", hsm.ErrDecrypt, func() error {
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: bytes.Repeat([]byte{1}, 40), ID: "new", Spec: hsm.AES256})
+			return err
+		}},
+		{"unwrap private without public key", hsm.ErrInvalidInput, func() error {
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: make([]byte, 80), ID: "new", Spec: hsm.ECP256})
+			return err
+		}},
+		{"unwrap with public key of the wrong curve", hsm.ErrInvalidInput, func() error {
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: make([]byte, 80), ID: "new", Spec: hsm.ECP384, PublicKey: ecPub})
+			return err
+		}},
+		{"unwrap under an EC key", hsm.ErrWrongKeyType, func() error {
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "ec", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: make([]byte, 40), ID: "new", Spec: hsm.AES256})
+			return err
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var err error
+			require.NotPanics(t, func() { err = c.call() })
+			require.ErrorIs(t, err, c.want)
+			assert.Equal(t, hsm.ClassCaller, hsm.Classify(err))
+			var he *hsm.Error
+			assert.ErrorAs(t, err, &he, "every error is an *hsm.Error")
+		})
+	}
+	after, err := tok.ListKeys(ctx)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, before, after, "failed calls left no key behind")
+}
+
+func TestConfigValidate(t *testing.T) {
+	err := hsm.Config{}.Validate()
+	require.ErrorIs(t, err, hsm.ErrInvalidInput)
+	for _, want := range []string{"ModulePath", "selector", "PIN", "MaxSessions", "CallTimeout"} {
+		assert.Contains(t, err.Error(), want)
+	}
+	_, err = hsm.Open(context.Background(), hsm.Config{})
+	require.ErrorIs(t, err, hsm.ErrInvalidInput)
+}
+
+func TestErrorFormat(t *testing.T) {
+	err := &hsm.Error{Op: hsm.OpSign, Token: `label="a"`, Code: 0x30, Err: hsm.CKR(0x30)}
+	assert.Equal(t, `hsm: sign on token label="a": CKR_DEVICE_ERROR (0x30)`, err.Error())
+	assert.True(t, errors.Is(err, hsm.CKR(0x30)))
+	assert.Equal(t, hsm.ClassMember, hsm.Classify(err))
+	assert.Equal(t, hsm.ClassFatal, hsm.Classify(fmt.Errorf("x: %w", hsm.CKR(0xA0)))) // CKR_PIN_INCORRECT
+	assert.Equal(t, hsm.ClassContext, hsm.Classify(context.Canceled))
+	assert.Equal(t, hsm.ClassMember, hsm.Classify(hsm.ErrTimeout))
+	assert.Equal(t, hsm.ClassNone, hsm.Classify(nil))
+}

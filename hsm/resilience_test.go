@@ -1,0 +1,330 @@
+package hsm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/miekg/pkcs11"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestConcurrentMixedOps: 64 goroutines over a pool of 4 sessions, mixed
+// operations, no errors (SoftHSM would abort the process if two goroutines
+// ever shared a session).
+func TestConcurrentMixedOps(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), func(c *hsm.Config) { c.MaxSessions = 4 })
+	for id, spec := range map[hsm.KeyID]hsm.KeySpec{"aes": hsm.AES256, "ec": hsm.ECP256, "mac": hsm.HMAC256} {
+		_, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		require.NoError(t, err)
+	}
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	errs := make(chan error, 64)
+	for g := range 64 {
+		wg.Go(func() {
+			for i := range 20 {
+				if err := mixedOp(ctx, tok, g*1000+i); err != nil {
+					failures.Add(1)
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Zero(t, failures.Load())
+}
+
+// mixedOp runs one operation chosen by n and checks its result.
+func mixedOp(ctx context.Context, tok *hsm.Token, n int) error {
+	msg := []byte(fmt.Sprintf("message %d", n))
+	switch n % 4 {
+	case 0, 1:
+		ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, msg, msg)
+		if err != nil {
+			return err
+		}
+		pt, err := tok.DecryptGCM(ctx, "aes", iv, ct, msg)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(pt, msg) {
+			return errors.New("decrypt returned another plaintext")
+		}
+	case 2:
+		d := sha256.Sum256(msg)
+		sig, err := tok.Sign(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:])
+		if err != nil {
+			return err
+		}
+		return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], sig)
+	case 3:
+		mac, err := tok.MAC(ctx, "mac", crypto.SHA256, msg)
+		if err != nil {
+			return err
+		}
+		return tok.VerifyMAC(ctx, "mac", crypto.SHA256, msg, mac)
+	}
+	return nil
+}
+
+// TestCrashRestartUnderLoad crashes the member's module (C_Finalize)
+// while goroutines run, then restarts it: calls succeed again on the same
+// Token without restarting the process, every failure in between is the
+// member's fault, and no stale handle ever reaches another object.
+func TestCrashRestartUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, func(c *hsm.Config) { c.MaxSessions = 4 })
+	// Many keys, so that handle numbers after the restart land on other
+	// objects if a stale handle were ever used.
+	var ids []hsm.KeyID
+	for i := range 8 {
+		id := hsm.KeyID(fmt.Sprintf("k%d", i))
+		ids = append(ids, id)
+		_, err := tok.GenerateKey(ctx, id, hsm.AES256, hsm.KeyOptions{})
+		require.NoError(t, err)
+	}
+	// Ciphertexts made before the crash, one per key.
+	type sealed struct{ ct, iv []byte }
+	before := map[hsm.KeyID]sealed{}
+	for _, id := range ids {
+		ct, iv, err := tok.EncryptGCM(ctx, id, nil, []byte(id), nil)
+		require.NoError(t, err)
+		before[id] = sealed{ct, iv}
+	}
+	gen0 := hsm.Generation(tok)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, memberFaults, wrong atomic.Int64
+	for g := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := ids[(g+i)%len(ids)]
+				pt, err := tok.DecryptGCM(ctx, id, before[id].iv, before[id].ct, nil)
+				switch {
+				case err == nil && string(pt) == string(id):
+					ok.Add(1)
+				case err == nil:
+					wrong.Add(1)
+				case hsm.Classify(err) == hsm.ClassMember:
+					memberFaults.Add(1)
+				default:
+					wrong.Add(1) // ErrDecrypt here would mean a handle named another key
+					t.Errorf("unexpected error: %v", err)
+				}
+			}
+		})
+	}
+	waitFor(t, func() bool { return ok.Load() > 50 })
+	require.NoError(t, m.Crash())
+	waitFor(t, func() bool { return memberFaults.Load() > 0 })
+	okAtCrash := ok.Load()
+	require.NoError(t, m.Restart())
+	waitFor(t, func() bool { return ok.Load() > okAtCrash+200 })
+	close(stop)
+	wg.Wait()
+
+	assert.Zero(t, wrong.Load(), "a call reached the wrong object or failed as the caller's fault")
+	assert.Greater(t, hsm.Generation(tok), gen0, "the restart started a new session generation")
+	// Every key still decrypts its own ciphertext and only its own.
+	for i, id := range ids {
+		pt, err := tok.DecryptGCM(ctx, id, before[id].iv, before[id].ct, nil)
+		require.NoError(t, err)
+		assert.Equal(t, string(id), string(pt))
+		other := ids[(i+1)%len(ids)]
+		_, err = tok.DecryptGCM(ctx, other, before[id].iv, before[id].ct, nil)
+		assert.ErrorIs(t, err, hsm.ErrDecrypt)
+	}
+	assert.True(t, tok.Health().Healthy)
+}
+
+// waitFor polls cond without sleeping as synchronisation: it yields until
+// cond holds, failing after a generous bound.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 30s")
+		}
+		<-tick.C
+	}
+}
+
+// TestHungCall: a call stuck in the module returns at the caller's
+// deadline with ctx's error; the token reports itself unhealthy and its
+// session is not reused; after the hang ends a probe makes it healthy.
+func TestHungCall(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, func(c *hsm.Config) { c.MaxSessions = 2 })
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	require.True(t, tok.Health().Healthy)
+
+	m.Faults.Hang(hsm.OpEncrypt)
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err = tok.EncryptGCM(cctx, "aes", nil, []byte("x"), nil)
+	elapsed := time.Since(start)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, elapsed, 5*time.Second, "the call returned at its deadline, not when the module did")
+	assert.Equal(t, hsm.ClassContext, hsm.Classify(err))
+	h := tok.Health()
+	assert.False(t, h.Healthy)
+	require.Error(t, h.Err)
+
+	// Our own CallTimeout is the member's fault, not the context's.
+	short := open(t, m, func(c *hsm.Config) { c.CallTimeout = 50 * time.Millisecond })
+	_, _, err = short.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.ErrTimeout)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, hsm.ClassMember, hsm.Classify(err))
+
+	m.Faults.Release()
+	require.NoError(t, tok.Probe(ctx))
+	assert.True(t, tok.Health().Healthy)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+}
+
+// TestSessionFatalCodes: a session-fatal code evicts the session, starts a
+// new generation and the call is retried once on a fresh session;
+// CKR_USER_NOT_LOGGED_IN logs in again.
+func TestSessionFatalCodes(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, hsm.CachedKeys(tok))
+
+	for _, code := range []uint{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_DEVICE_ERROR,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED} {
+		gen := hsm.Generation(tok)
+		m.Faults.FailNext(hsm.OpEncrypt, 1, code)
+		_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+		require.NoError(t, err, "retried on a fresh session after %v", hsm.CKR(code))
+		assert.Greater(t, hsm.Generation(tok), gen, "%v started a new generation", hsm.CKR(code))
+	}
+
+	// Twice in a row: the retry fails too and the member's fault surfaces,
+	// with its code.
+	m.Faults.FailNext(hsm.OpEncrypt, 2, pkcs11.CKR_DEVICE_ERROR)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.CKR(pkcs11.CKR_DEVICE_ERROR))
+	assert.Equal(t, hsm.ClassMember, hsm.Classify(err))
+	assert.False(t, tok.Health().Healthy)
+
+	gen := hsm.Generation(tok)
+	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_USER_NOT_LOGGED_IN)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, gen, hsm.Generation(tok), "a re-login needs no new generation")
+	assert.True(t, tok.Health().Healthy)
+
+	// A caller's fault code is returned at once and not retried.
+	calls := m.Faults.Calls(hsm.OpEncrypt)
+	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_ARGUMENTS_BAD)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.CKR(pkcs11.CKR_ARGUMENTS_BAD))
+	assert.Equal(t, calls+1, m.Faults.Calls(hsm.OpEncrypt))
+	assert.True(t, tok.Health().Healthy, "a caller's fault is not held against the token")
+}
+
+// TestHandleCache: after the first use of a key no operation searches the
+// token.
+func TestHandleCache(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	finds := hsm.Finds(tok)
+	for range 100 {
+		ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+		require.NoError(t, err)
+		_, err = tok.DecryptGCM(ctx, "aes", iv, ct, nil)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, finds, hsm.Finds(tok), "no C_FindObjects on the hot path")
+
+	// A key destroyed elsewhere (another process) is found missing.
+	require.NoError(t, tok.DestroyKey(ctx, "aes"))
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+}
+
+// TestClose: Close waits for an in-flight call, is idempotent, and calls
+// after it fail with ErrClosed. Two tokens on one module share it.
+func TestClose(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	cfg := m.Config()
+	a, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(m.Faults))
+	require.NoError(t, err)
+	b := open(t, m, nil) // the same module path: one shared instance
+	_, err = a.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+
+	m.Faults.Hang(hsm.OpRandom)
+	started := make(chan struct{})
+	returned := make(chan error, 1)
+	go func() {
+		close(started)
+		_, err := a.Random(ctx, 16)
+		returned <- err
+	}()
+	<-started
+	require.NoError(t, m.Faults.AwaitHung(ctx, 1))
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close() }()
+	// An observation window, not synchronisation: Close must still be
+	// waiting for the hung call when it ends.
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a call was in flight")
+	case <-returned:
+		t.Fatal("the hung call returned before it was released")
+	case <-time.After(100 * time.Millisecond):
+	}
+	m.Faults.Release()
+	require.NoError(t, <-returned)
+	require.NoError(t, <-closed)
+	require.NoError(t, a.Close(), "Close is idempotent")
+	_, err = a.Random(ctx, 16)
+	require.ErrorIs(t, err, hsm.ErrClosed)
+	assert.Equal(t, hsm.ClassFatal, hsm.Classify(err))
+
+	// b still works: closing a did not finalize the shared module.
+	_, _, err = b.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+}
