@@ -28,3 +28,9 @@ func open(t testing.TB, m *softhsmtest.Member, edit func(*hsm.Config)) *hsm.Toke
 	t.Cleanup(func() { require.NoError(t, tok.Close()) })
 	return tok
 }
+
+// softhsmtestNew returns the n members of a fresh SoftHSM2 cluster.
+func softhsmtestNew(t *testing.T, n int) []*softhsmtest.Member {
+	t.Helper()
+	return softhsmtest.New(t, n).Members
+}

@@ -1,0 +1,274 @@
+package hsm_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"testing"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestTrustedWrapping: keys created extractable leave the token only
+// wrapped, and only under a wrapping key the SO marked trusted; they come
+// back through UnwrapKey as working keys.
+func TestTrustedWrapping(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	pad := hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}
+
+	kek, err := tok.CreateTrustedWrappingKey(ctx, "kek", m.SOPIN(), hsm.KeyOptions{})
+	require.NoError(t, err)
+	assert.True(t, kek.Trusted)
+	got, err := tok.Describe(ctx, "kek")
+	require.NoError(t, err)
+	assert.True(t, got.Trusted, "the token reports CKA_TRUSTED")
+	assert.Equal(t, hsm.UsageWrap, got.Usage)
+	assert.False(t, got.Extractable)
+	keys, err := tok.ListKeys(ctx)
+	require.NoError(t, err)
+	require.Len(t, keys, 1, "the SO's public original was destroyed")
+
+	_, err = tok.GenerateKey(ctx, "plain-kek", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "ec", hsm.ECP256, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "rsa", hsm.RSA2048, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "mac", hsm.HMAC384, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+
+	// Under an untrusted wrapping key, wrap-with-trusted refuses.
+	_, err = tok.WrapKey(ctx, "plain-kek", "aes", pad)
+	require.ErrorIs(t, err, hsm.ErrWrongKeyType)
+
+	// AES: wrap, destroy, unwrap, and the old ciphertext decrypts.
+	ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, []byte("kept"), nil)
+	require.NoError(t, err)
+	blob, err := tok.WrapKey(ctx, "kek", "aes", pad)
+	require.NoError(t, err)
+	require.NoError(t, tok.DestroyKey(ctx, "aes"))
+	info, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: "aes", Spec: hsm.AES256, Options: hsm.KeyOptions{Extractable: true}})
+	require.NoError(t, err)
+	assert.Equal(t, hsm.AES256, info.Spec)
+	pt, err := tok.DecryptGCM(ctx, "aes", iv, ct, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "kept", string(pt))
+	d, err := tok.Describe(ctx, "aes")
+	require.NoError(t, err)
+	assert.Equal(t, hsm.AES256, d.Spec, "the spec survives an unwrap")
+	assert.True(t, d.Extractable)
+
+	// HMAC: the copy computes the same MAC.
+	mac, err := tok.MAC(ctx, "mac", crypto.SHA384, []byte("m"))
+	require.NoError(t, err)
+	blob, err = tok.WrapKey(ctx, "kek", "mac", pad)
+	require.NoError(t, err)
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: "mac-copy", Spec: hsm.HMAC384})
+	require.NoError(t, err)
+	require.NoError(t, tok.VerifyMAC(ctx, "mac-copy", crypto.SHA384, []byte("m"), mac))
+
+	// Key pairs: the copy signs, Go verifies with the original public key.
+	for _, c := range []struct {
+		id   hsm.KeyID
+		spec hsm.KeySpec
+		sc   hsm.SigningScheme
+	}{{"ec", hsm.ECP256, hsm.ECDSA}, {"rsa", hsm.RSA2048, hsm.PSS}} {
+		pub, err := tok.PublicKey(ctx, c.id)
+		require.NoError(t, err)
+		blob, err := tok.WrapKey(ctx, "kek", c.id, pad)
+		require.NoError(t, err)
+		copyID := c.id + "-copy"
+		_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: copyID, Spec: c.spec, PublicKey: pub})
+		require.NoError(t, err)
+		digest := sha256.Sum256([]byte("replicated"))
+		sig, err := tok.Sign(ctx, copyID, c.sc, crypto.SHA256, digest[:])
+		require.NoError(t, err)
+		pk, err := x509.ParsePKIXPublicKey(pub)
+		require.NoError(t, err)
+		switch k := pk.(type) {
+		case *ecdsa.PublicKey:
+			assert.True(t, ecdsa.VerifyASN1(k, digest[:], sig))
+		case *rsa.PublicKey:
+			assert.NoError(t, rsa.VerifyPSS(k, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}))
+		}
+		copyPub, err := tok.PublicKey(ctx, copyID)
+		require.NoError(t, err)
+		assert.Equal(t, pub, copyPub)
+	}
+
+	// A public key that does not belong to the wrapped private key is
+	// refused, and nothing is left behind.
+	_, err = tok.GenerateKey(ctx, "ec-other", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	otherPub, err := tok.PublicKey(ctx, "ec-other")
+	require.NoError(t, err)
+	blob, err = tok.WrapKey(ctx, "kek", "ec", pad)
+	require.NoError(t, err)
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: "mismatch", Spec: hsm.ECP256, PublicKey: otherPub})
+	require.ErrorIs(t, err, hsm.ErrInvalidInput)
+	_, err = tok.Describe(ctx, "mismatch")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+}
+
+// TestTransportKey: the SO imports another token's RSA public key as
+// trusted, and an extractable trusted wrapping key travels under it to the
+// other token, which unwraps it inside the HSM.
+func TestTransportKey(t *testing.T) {
+	ctx := context.Background()
+	c := softhsmtestNew(t, 2)
+	donor, joiner := open(t, c[0], nil), open(t, c[1], nil)
+
+	_, err := donor.CreateTrustedWrappingKey(ctx, "kek", c[0].SOPIN(), hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	_, err = joiner.GenerateKey(ctx, "transport", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	spki, err := joiner.PublicKey(ctx, "transport")
+	require.NoError(t, err)
+	require.NoError(t, donor.ImportTrustedPublicKey(ctx, "transport", hsm.RSA2048, spki, c[0].SOPIN()))
+	tr, err := donor.Describe(ctx, "transport")
+	require.NoError(t, err)
+	assert.True(t, tr.Trusted)
+
+	oaep := hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA1}
+	blob, err := donor.WrapKey(ctx, "transport", "kek", oaep)
+	require.NoError(t, err)
+	_, err = joiner.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "transport", Wrapping: oaep, Wrapped: blob, ID: "kek", Spec: hsm.AES256, Options: hsm.KeyOptions{Usage: hsm.UsageWrap}})
+	require.NoError(t, err)
+
+	// Both now hold the same wrapping key: a key wrapped by the donor
+	// unwraps on the joiner and decrypts the donor's ciphertext.
+	_, err = donor.GenerateKey(ctx, "data", hsm.AES256, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	ct, iv, err := donor.EncryptGCM(ctx, "data", nil, []byte("across HSMs"), nil)
+	require.NoError(t, err)
+	pad := hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}
+	w, err := donor.WrapKey(ctx, "kek", "data", pad)
+	require.NoError(t, err)
+	_, err = joiner.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: w, ID: "data", Spec: hsm.AES256})
+	require.NoError(t, err)
+	pt, err := joiner.DecryptGCM(ctx, "data", iv, ct, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "across HSMs", string(pt))
+
+	// A public key alone cannot sign or be wrapped.
+	d := sha256.Sum256(nil)
+	_, err = donor.Sign(ctx, "transport", hsm.PKCS1v15, crypto.SHA256, d[:])
+	assert.ErrorIs(t, err, hsm.ErrWrongKeyType)
+}
+
+// TestImportKeyMaterial wraps AES key material in Go exactly as an AWS KMS
+// user does for ImportKeyMaterial, and unwraps it inside the token.
+func TestImportKeyMaterial(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "import", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	der, err := tok.PublicKey(ctx, "import")
+	require.NoError(t, err)
+	pk, err := x509.ParsePKIXPublicKey(der)
+	require.NoError(t, err)
+	rpk := pk.(*rsa.PublicKey)
+
+	material := make([]byte, 32)
+	_, err = rand.Read(material)
+	require.NoError(t, err)
+
+	// RSAES_OAEP_SHA_1.
+	oaepBlob, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, rpk, material, nil)
+	require.NoError(t, err)
+	// RSA_AES_KEY_WRAP_SHA_1: an ephemeral AES key under RSA-OAEP, then
+	// the material under it with AES key wrap with padding (RFC 5649).
+	eph := make([]byte, 32)
+	_, err = rand.Read(eph)
+	require.NoError(t, err)
+	wrappedEph, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, rpk, eph, nil)
+	require.NoError(t, err)
+	kwpBlob := append(wrappedEph, kwpWrap(t, eph, material)...)
+
+	for name, c := range map[string]struct {
+		w    hsm.Wrapping
+		blob []byte
+	}{
+		"RSAES_OAEP_SHA_1":       {hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA1}, oaepBlob},
+		"RSA_AES_KEY_WRAP_SHA_1": {hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}, kwpBlob},
+	} {
+		t.Run(name, func(t *testing.T) {
+			id := hsm.KeyID("imported-" + name[:8])
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: c.w, Wrapped: c.blob, ID: id, Spec: hsm.AES256})
+			require.NoError(t, err)
+			ct, iv, err := tok.EncryptGCM(ctx, id, nil, []byte("imported"), []byte("aad"))
+			require.NoError(t, err)
+			// The token encrypted under exactly the imported material.
+			block, err := aes.NewCipher(material)
+			require.NoError(t, err)
+			gcm, err := cipher.NewGCM(block)
+			require.NoError(t, err)
+			pt, err := gcm.Open(nil, iv, ct, []byte("aad"))
+			require.NoError(t, err)
+			assert.Equal(t, "imported", string(pt))
+
+			// A corrupted blob is the vague ErrDecrypt and creates nothing.
+			bad := append([]byte(nil), c.blob...)
+			bad[len(bad)-1] ^= 1
+			_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: c.w, Wrapped: bad, ID: id + "-bad", Spec: hsm.AES256})
+			require.ErrorIs(t, err, hsm.ErrDecrypt)
+			_, err = tok.Describe(ctx, id+"-bad")
+			require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+		})
+	}
+	// SHA-256 OAEP is not available on SoftHSM 2.6: a clear error.
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA256}, Wrapped: oaepBlob, ID: "x", Spec: hsm.AES256})
+	require.ErrorIs(t, err, hsm.ErrUnsupported)
+}
+
+// kwpWrap is AES key wrap with padding (RFC 5649), written from the RFC
+// for this test.
+func kwpWrap(t *testing.T, kek, plaintext []byte) []byte {
+	block, err := aes.NewCipher(kek)
+	require.NoError(t, err)
+	var aiv [8]byte
+	binary.BigEndian.PutUint32(aiv[:4], 0xA65959A6)
+	binary.BigEndian.PutUint32(aiv[4:], uint32(len(plaintext)))
+	padded := append(append([]byte(nil), plaintext...), make([]byte, (8-len(plaintext)%8)%8)...)
+	n := len(padded) / 8
+	if n == 1 {
+		out := make([]byte, 16)
+		block.Encrypt(out, append(aiv[:], padded...))
+		return out
+	}
+	a := aiv
+	r := make([][]byte, n)
+	for i := range r {
+		r[i] = append([]byte(nil), padded[i*8:(i+1)*8]...)
+	}
+	buf := make([]byte, 16)
+	for j := 0; j < 6; j++ {
+		for i := 0; i < n; i++ {
+			copy(buf, a[:])
+			copy(buf[8:], r[i])
+			block.Encrypt(buf, buf)
+			tt := uint64(n*j + i + 1)
+			binary.BigEndian.PutUint64(a[:], binary.BigEndian.Uint64(buf[:8])^tt)
+			copy(r[i], buf[8:])
+		}
+	}
+	out := append([]byte(nil), a[:]...)
+	for _, b := range r {
+		out = append(out, b...)
+	}
+	return out
+}
