@@ -1,0 +1,391 @@
+package kmsadapter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// Client serves the AWS KMS API (see API) from a Backend of HSMs and a
+// metadata Store. It is safe for concurrent use.
+type Client struct {
+	backend  Backend
+	store    Store
+	ownStore bool
+	cfg      Config
+	clock    Clock
+	log      *slog.Logger
+
+	cache       recordCache
+	tamperCount atomic.Int64
+	closed      atomic.Bool
+	rotateMu    sync.Mutex // one rotation at a time in this process
+
+	// testHook, when set, runs between the steps of CreateKey; an error
+	// stops CreateKey there as a crash would (tests only).
+	testHook func(step string) error
+}
+
+// New returns a Client over backend (an *hsm.Token, or a cluster of
+// tokens) and store. A nil store opens the bbolt file cfg.StorePath, which
+// the Client then owns and closes.
+//
+// New makes sure the HSM integrity key exists (creating it for an empty
+// store), verifies every record of the store, and rolls back CreateKey
+// calls that a crash left unfinished. A record that fails its integrity
+// check fails New with an error wrapping ErrTampered that names it.
+func New(backend Backend, store Store, cfg Config, opts ...Option) (*Client, error) {
+	if backend == nil {
+		return nil, errors.New("kmsadapter: nil backend")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	c := &Client{backend: backend, store: store, cfg: cfg, clock: o.clock, log: o.logger}
+	if c.clock == nil {
+		c.clock = systemClock{}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if store == nil {
+		if cfg.StorePath == "" {
+			return nil, errors.New("kmsadapter: no store and no Config.StorePath")
+		}
+		s, err := OpenBoltStore(cfg.StorePath)
+		if err != nil {
+			return nil, err
+		}
+		c.store, c.ownStore = s, true
+	}
+	ctx := context.Background()
+	if err := c.start(ctx); err != nil {
+		if c.ownStore {
+			_ = c.store.Close()
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Client) start(ctx context.Context) error {
+	if err := c.ensureIntegrityKey(ctx); err != nil {
+		return err
+	}
+	if err := c.VerifyStore(ctx); err != nil {
+		return err
+	}
+	return c.rollbackCreating(ctx)
+}
+
+// ensureIntegrityKey finds the HSM key that seals records, or creates it
+// when the store holds no record yet.
+func (c *Client) ensureIntegrityKey(ctx context.Context) error {
+	_, err := c.backend.Describe(ctx, c.cfg.IntegrityKeyID)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, hsm.ErrKeyNotFound) {
+		return fmt.Errorf("kmsadapter: looking up the integrity key %s: %w", c.cfg.IntegrityKeyID, err)
+	}
+	empty := true
+	err = c.store.View(ctx, func(tx Tx) error {
+		for _, b := range []string{bucketKeys, bucketAliases} {
+			if err := tx.ForEach(b, "", func(string, []byte) error { empty = false; return errStop }); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("kmsadapter: reading the store: %w", err)
+	}
+	if !empty {
+		return fmt.Errorf("kmsadapter: the store holds records but the HSMs have no integrity key %s: they cannot be verified (wrong HSMs, or the key was destroyed): %w",
+			c.cfg.IntegrityKeyID, ErrTampered)
+	}
+	_, err = c.backend.GenerateKey(ctx, c.cfg.IntegrityKeyID, hsm.HMAC256, hsm.KeyOptions{Usage: hsm.UsageSign, Extractable: true})
+	if err != nil && !errors.Is(err, hsm.ErrKeyExists) {
+		return fmt.Errorf("kmsadapter: creating the integrity key %s: %w", c.cfg.IntegrityKeyID, err)
+	}
+	return nil
+}
+
+// VerifyStore checks the integrity of every record in the store. It
+// returns nil, or an error wrapping ErrTampered that joins one
+// *IntegrityError per failed record, or the error that stopped the check.
+func (c *Client) VerifyStore(ctx context.Context) error {
+	type item struct{ bucket, key string; raw []byte }
+	var items []item
+	err := c.store.View(ctx, func(tx Tx) error {
+		for _, b := range []string{bucketKeys, bucketAliases, bucketTombstones} {
+			err := tx.ForEach(b, "", func(k string, v []byte) error {
+				items = append(items, item{b, k, append([]byte(nil), v...)})
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("kmsadapter: reading the store: %w", err)
+	}
+	var errs []error
+	for _, it := range items {
+		var err error
+		switch it.bucket {
+		case bucketKeys:
+			var r *keyRecord
+			if r, err = open[keyRecord](ctx, c, it.bucket, it.key, it.raw); err == nil && r.ID != it.key {
+				err = c.tampered(it.bucket, it.key, errors.New("record names another key"))
+			}
+		case bucketAliases:
+			_, err = open[aliasRecord](ctx, c, it.bucket, it.key, it.raw)
+		case bucketTombstones:
+			_, err = open[tombstone](ctx, c, it.bucket, it.key, it.raw)
+		}
+		var te *tamperedErr
+		switch {
+		case errors.As(err, &te):
+			errs = append(errs, te.ie)
+		case err != nil:
+			return fmt.Errorf("kmsadapter: verifying %s/%s: %w", it.bucket, it.key, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TamperedRecords counts the records that failed their integrity check
+// since the Client was made.
+func (c *Client) TamperedRecords() int64 { return c.tamperCount.Load() }
+
+// Close closes the store if New opened it. The Backend belongs to the
+// caller.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	if c.ownStore {
+		return c.store.Close()
+	}
+	return nil
+}
+
+func (c *Client) now() time.Time { return c.clock.Now().UTC() }
+
+func randomMaterialID() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// getKey loads and verifies the record of a key. A key that does not
+// exist, or is still being created, is NotFoundException.
+func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
+	var raw []byte
+	err := c.store.View(ctx, func(tx Tx) error {
+		var err error
+		raw, err = tx.Get(bucketKeys, id)
+		return err
+	})
+	if errors.Is(err, ErrNoRecord) {
+		return nil, notFound("Key '%s' does not exist", c.keyARN(id))
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	r, err := open[keyRecord](ctx, c, bucketKeys, id, raw)
+	if err != nil {
+		return nil, err
+	}
+	if r.ID != id {
+		return nil, c.tampered(bucketKeys, id, errors.New("record names another key"))
+	}
+	if r.State == stateCreating {
+		return nil, notFound("Key '%s' does not exist", c.keyARN(id))
+	}
+	return r, nil
+}
+
+func storeErr(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var ae *apiErr
+	if errors.As(err, &ae) {
+		return err
+	}
+	return dependencyTimeout("the metadata store failed: %v", err)
+}
+
+// resolve turns a KeyId parameter into the key's record.
+func (c *Client) resolve(ctx context.Context, s *string, forms idForms) (*keyRecord, error) {
+	ref, err := c.parseKeyRef(s, forms)
+	if err != nil {
+		return nil, err
+	}
+	if ref.alias != "" {
+		a, err := c.getAlias(ctx, ref.alias)
+		if err != nil {
+			return nil, err
+		}
+		ref.keyID = a.Target
+	}
+	return c.getKey(ctx, ref.keyID)
+}
+
+func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error) {
+	var raw []byte
+	err := c.store.View(ctx, func(tx Tx) error {
+		var err error
+		raw, err = tx.Get(bucketAliases, name)
+		return err
+	})
+	if errors.Is(err, ErrNoRecord) {
+		return nil, notFound("Alias %s is not found.", c.aliasARN(name))
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	return open[aliasRecord](ctx, c, bucketAliases, name, raw)
+}
+
+// updateKey changes a key's record in one store transaction: it reads and
+// verifies the record, lets fn change a fresh copy (fn may also use tx),
+// and writes it back sealed. A key being created is NotFoundException.
+func (c *Client) updateKey(ctx context.Context, id string, fn func(tx Tx, r *keyRecord) error) (*keyRecord, error) {
+	var out *keyRecord
+	err := c.store.Update(ctx, func(tx Tx) error {
+		raw, err := tx.Get(bucketKeys, id)
+		if errors.Is(err, ErrNoRecord) {
+			return notFound("Key '%s' does not exist", c.keyARN(id))
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := open[keyRecord](ctx, c, bucketKeys, id, raw); err != nil {
+			return err
+		}
+		r, err := decodeFresh[keyRecord](raw)
+		if err != nil {
+			return c.tampered(bucketKeys, id, err)
+		}
+		if r.State == stateCreating {
+			return notFound("Key '%s' does not exist", c.keyARN(id))
+		}
+		if err := fn(tx, r); err != nil {
+			return err
+		}
+		if err := c.putKey(ctx, tx, r); err != nil {
+			return err
+		}
+		out = r
+		return nil
+	})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	return out, nil
+}
+
+func (c *Client) putKey(ctx context.Context, tx Tx, r *keyRecord) error {
+	sealed, err := c.seal(ctx, bucketKeys, r.ID, r)
+	if err != nil {
+		return backendErr(err, "sealing metadata")
+	}
+	return tx.Put(bucketKeys, r.ID, sealed)
+}
+
+func (c *Client) putAlias(ctx context.Context, tx Tx, a *aliasRecord) error {
+	sealed, err := c.seal(ctx, bucketAliases, a.Name, a)
+	if err != nil {
+		return backendErr(err, "sealing metadata")
+	}
+	return tx.Put(bucketAliases, a.Name, sealed)
+}
+
+// usable checks that a key's state allows cryptographic operations.
+func (c *Client) usable(r *keyRecord) error {
+	switch r.State {
+	case types.KeyStateEnabled:
+		return nil
+	case types.KeyStateDisabled:
+		return disabled("%s is disabled.", c.keyARN(r.ID))
+	case types.KeyStatePendingDeletion:
+		return invalidState("%s is pending deletion.", c.keyARN(r.ID))
+	case types.KeyStatePendingImport:
+		return invalidState("%s is pending import.", c.keyARN(r.ID))
+	}
+	return invalidState("%s is in state %s.", c.keyARN(r.ID), r.State)
+}
+
+// notPendingDeletion is the check of management operations that AWS
+// refuses on a key scheduled for deletion.
+func (c *Client) notPendingDeletion(r *keyRecord) error {
+	if r.State == types.KeyStatePendingDeletion {
+		return invalidState("%s is pending deletion.", c.keyARN(r.ID))
+	}
+	return nil
+}
+
+func (c *Client) metadata(r *keyRecord) *types.KeyMetadata {
+	m := &types.KeyMetadata{
+		KeyId:                 ptr(r.ID),
+		Arn:                   ptr(c.keyARN(r.ID)),
+		AWSAccountId:          ptr(c.cfg.AccountID),
+		CreationDate:          ptr(r.Created),
+		Enabled:               r.State == types.KeyStateEnabled,
+		Description:           ptr(r.Description),
+		KeyUsage:              r.Usage,
+		KeyState:              r.State,
+		Origin:                r.Origin,
+		KeyManager:            types.KeyManagerTypeCustomer,
+		CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
+		KeySpec:               r.Spec,
+		EncryptionAlgorithms:  r.encryptionAlgorithms(),
+		SigningAlgorithms:     r.signingAlgorithms(),
+		MacAlgorithms:         r.macAlgorithms(),
+		MultiRegion:           ptr(false),
+	}
+	if r.DeletionDate != nil {
+		m.DeletionDate = ptr(*r.DeletionDate)
+		m.PendingDeletionWindowInDays = ptr(r.PendingWindow)
+	}
+	if r.Origin == types.OriginTypeExternal {
+		m.ExpirationModel = r.ExpirationModel
+		if r.ValidTo != nil {
+			m.ValidTo = ptr(*r.ValidTo)
+		}
+	}
+	if r.Spec == types.KeySpecSymmetricDefault && r.current().Present {
+		m.CurrentKeyMaterialId = ptr(r.current().MaterialID)
+	}
+	return m
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref[T any](p *T) T {
+	if p == nil {
+		var z T
+		return z
+	}
+	return *p
+}

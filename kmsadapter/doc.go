@@ -1,0 +1,121 @@
+// Package kmsadapter serves the AWS KMS API from a cluster of HSMs, as a
+// drop-in for aws-sdk-go-v2's *kms.Client.
+//
+// # The swap
+//
+// Code that holds the KMS client behind an interface, as AWS advises for
+// testing, keeps working unchanged:
+//
+//	var k kmsadapter.API = kms.NewFromConfig(awsCfg)          // AWS KMS
+//	var k kmsadapter.API, _ = kmsadapter.New(cluster, nil, cfg) // your HSMs
+//
+// API lists the methods; *kms.Client and *Client both satisfy it, which
+// the package asserts at compile time. Inputs, outputs and semantics are
+// those of the AWS KMS API reference: the four KeyId forms (key ID, key
+// ARN, alias name, alias ARN) where AWS accepts them, full key ARNs in
+// every KeyId output (partition, region and account from Config), the key
+// specs SYMMETRIC_DEFAULT, RSA_2048/3072/4096, ECC_NIST_P256/P384/P521,
+// ECC_SECG_P256K1 (where the HSMs have the curve) and HMAC_224/256/384/512
+// with their usages and algorithms, the key states Enabled, Disabled,
+// PendingDeletion and PendingImport and what each allows, AWS's limits,
+// rotation, and import of key material.
+//
+// # Backend
+//
+// The HSMs are reached through Backend, whose methods are those of
+// *hsm.Token: one token is a Backend, and a cluster of tokens, which
+// offers the same methods, is one too. Every version of every KMS key is
+// one HSM key named "<key ID>/v<version>", created extractable only under
+// a trusted wrapping key, so the cluster can copy it between members and
+// plaintext key material never leaves an HSM. Data keys come from the
+// HSMs' random generator. Data key pairs are made in this process (AWS
+// returns their private key in plaintext anyway) and their private key is
+// encrypted under the HSM key.
+//
+// # Ciphertext format
+//
+// Encrypt, GenerateDataKey*, GenerateDataKeyPair* (the private key) and
+// ReEncrypt under a symmetric key return this blob, format version 1:
+//
+//	offset  size  field
+//	0       1     format version: 0x01
+//	1       16    key ID: the 16 bytes of the key's UUID
+//	17      4     key version: big-endian uint32, 1 for the key's first material
+//	21      12    AES-GCM IV, the one the HSM used
+//	33      n+16  AES-256-GCM ciphertext of the n-byte plaintext, 16-byte tag appended
+//
+// The blob names its key and version, so Decrypt needs no KeyId; given
+// one, it must name the same key (IncorrectKeyException otherwise). The
+// additional authenticated data of AES-GCM is the first 21 bytes of the
+// header (version, key ID, key version) followed by the encryption
+// context encoded as: the number of pairs, then every pair in byte order
+// of its key, each key and value preceded by its length, all numbers
+// big-endian uint32. The encoding is injective, so two different contexts
+// never authenticate alike, and the header cannot be changed without the
+// tag failing. The IV is bound by GCM itself. A blob that is malformed,
+// names an unknown key or version, or fails authentication is
+// InvalidCiphertextException, and nothing more specific.
+//
+// RSA ciphertexts (RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256) are the raw
+// RSA-OAEP output, as at AWS: Decrypt needs KeyId and EncryptionAlgorithm.
+// SoftHSM 2.6 offers RSA-OAEP with SHA-1 only; RSAES_OAEP_SHA_256 then
+// fails with UnsupportedOperationException.
+//
+// # Metadata
+//
+// Key records, aliases and tombstones of destroyed keys live in a Store:
+// OpenBoltStore (an embedded bbolt file, Config.StorePath, the default)
+// or NewMemoryStore (tests); a database shared by service replicas can
+// implement the interface. Each record is sealed with HMAC-SHA256 made by
+// an HSM key (Config.IntegrityKeyID) over the record's bucket, name and
+// content: a record edited or moved outside this package is detected. New
+// verifies every record and fails with an error wrapping ErrTampered that
+// names each bad one (see IntegrityError); an API call that meets one
+// fails with KMSInternalException and the record is logged. Rolling a
+// record back to an older sealed version of itself is not detected.
+//
+// CreateKey writes a record in state Creating, creates the HSM key, then
+// marks the record complete. New and Tick roll back records left in
+// Creating for longer than Config.CreateTimeout, destroying the HSM key if
+// it was made; after a crash there is either no key or a complete one.
+//
+// # Time
+//
+// Deletion windows, automatic rotation, import token and imported
+// material expiry follow the Clock given with WithClock. Tick does the
+// work that fell due: when a deletion window ends, the key's material is
+// destroyed through the Backend (on every member of a cluster), a
+// tombstone is kept for each destroyed HSM key, and the key is removed.
+// RunMaintenance calls Tick on every tick of a channel.
+//
+// # Key policies
+//
+// Key policies are stored and returned, the default one as AWS writes it;
+// they are not enforced, which needs the callers' identities that a
+// server provides.
+//
+// # Concurrency
+//
+// A Client is safe for concurrent use. Cryptographic calls read the key's
+// record from the store and check its seal only when its bytes changed
+// since the last check, so the hot path makes one HSM call. Changes to
+// records run in store transactions; rotations of this process are
+// serialized.
+//
+// # Errors
+//
+// Every error an API method returns is what aws-sdk-go-v2 returns for
+// the same condition: a *smithy.OperationError (ServiceID "KMS", the
+// operation's name) wrapping an *awshttp.ResponseError (HTTP status and a
+// request ID) wrapping the SDK's exception type, e.g.
+// *types.NotFoundException, so errors.As code written for AWS keeps
+// working. ValidationException, which the KMS model does not define, is a
+// *smithy.GenericAPIError with that code, as the SDK returns it. HSM
+// errors map by their class: decryption failure to
+// InvalidCiphertextException, a bad signature or MAC to
+// KMSInvalidSignatureException or KMSInvalidMacException, a missing
+// mechanism to UnsupportedOperationException, an HSM that cannot serve to
+// KeyUnavailableException, a timeout to DependencyTimeoutException.
+// Cancellation of the caller's context returns the context's error inside
+// the OperationError, as the SDK does.
+package kmsadapter
