@@ -1,0 +1,84 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"testing"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+func TestReplicatedKeyWorksOnEveryMember(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	for _, spec := range []hsm.KeySpec{hsm.AES256, hsm.ECP256, hsm.HMAC256} {
+		id := hsm.KeyID("k-" + string(spec))
+		info, err := e.c.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.ID != id || info.Spec != spec {
+			t.Fatalf("info %+v", info)
+		}
+	}
+	for i := range 3 {
+		got := e.tokenKeys(i)
+		if len(got) != 3 {
+			t.Fatalf("member %d holds %v, want 3 keys", i, got)
+		}
+	}
+	// Each member, used alone, serves each key: encrypt on one, decrypt on another.
+	var cts [][]byte
+	var ivs [][]byte
+	for i := range 3 {
+		ct, iv, err := e.c.members[i].token().EncryptGCM(ctx, "k-AES_256", nil, []byte("hello"), []byte("aad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts, ivs = append(cts, ct), append(ivs, iv)
+	}
+	for i := range 3 {
+		j := (i + 1) % 3
+		pt, err := e.c.members[j].token().DecryptGCM(ctx, "k-AES_256", ivs[i], cts[i], []byte("aad"))
+		if err != nil || !bytes.Equal(pt, []byte("hello")) {
+			t.Fatalf("member %d cannot decrypt member %d's ciphertext: %v", j, i, err)
+		}
+	}
+	pub0, err := e.c.members[0].token().PublicKey(ctx, "k-EC_P256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		pub, err := e.c.members[i].token().PublicKey(ctx, "k-EC_P256")
+		if err != nil || !bytes.Equal(pub, pub0) {
+			t.Fatalf("member %d public key differs: %v", i, err)
+		}
+		sig, err := e.c.members[i].token().Sign(ctx, "k-EC_P256", hsm.ECDSA, crypto.SHA256, digest("m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.Verify(ctx, "k-EC_P256", hsm.ECDSA, crypto.SHA256, digest("m"), sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every member holds its own trusted KEK and the others' untrusted copies; no transport key is left.
+	for i := range 3 {
+		var own, copies int
+		for _, k := range e.allTokenKeys(i) {
+			switch {
+			case len(k.ID) > len(transportPrefix) && string(k.ID[:len(transportPrefix)]) == transportPrefix:
+				t.Fatalf("member %d still holds transport key %s", i, k.ID)
+			case len(k.ID) > len(kekPrefix) && string(k.ID[:len(kekPrefix)]) == kekPrefix:
+				if k.Trusted {
+					own++
+				} else {
+					copies++
+				}
+			}
+		}
+		if own != 1 || copies != 2 {
+			t.Fatalf("member %d: %d own KEKs and %d copies, want 1 and 2", i, own, copies)
+		}
+	}
+}

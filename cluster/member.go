@@ -1,0 +1,356 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/sony/gobreaker/v2"
+)
+
+// State is a member's health as the cluster sees it.
+type State int
+
+const (
+	// Down: the member takes no traffic. It failed, could not be reached,
+	// has not joined, or was removed. A probe that succeeds re-syncs it.
+	Down State = iota
+	// Syncing: the member answers again and is being brought up to date
+	// with the catalog; it takes no traffic yet.
+	Syncing
+	// Degraded: the member had a recent fault but is still used, after
+	// the healthy members.
+	Degraded
+	// Healthy: the member serves calls.
+	Healthy
+)
+
+func (s State) String() string {
+	switch s {
+	case Down:
+		return "down"
+	case Syncing:
+		return "syncing"
+	case Degraded:
+		return "degraded"
+	case Healthy:
+		return "healthy"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// states lists the states, for metrics.
+var states = []State{Down, Syncing, Degraded, Healthy}
+
+// Event is a member's state change.
+type Event struct {
+	Time     time.Time
+	Member   string
+	From, To State
+	// Reason says why, in words; Err is the member's error, if any.
+	Reason string
+	Err    error
+}
+
+// reservedPrefix starts the IDs of the cluster's own keys: key-encryption
+// keys and transport keys. Callers cannot use such IDs.
+const reservedPrefix = "hsmkms-"
+
+const (
+	kekPrefix       = reservedPrefix + "kek-"
+	transportPrefix = reservedPrefix + "transport-"
+)
+
+func reserved(id hsm.KeyID) bool { return strings.HasPrefix(string(id), reservedPrefix) }
+
+type breaker = gobreaker.TwoStepCircuitBreaker[struct{}]
+
+// member is one token and what the cluster knows of it.
+type member struct {
+	name   string
+	idx    int
+	cfg    MemberConfig
+	weight float64
+	opts   []hsm.Option
+
+	mu      sync.RWMutex
+	tok     *hsm.Token
+	state   State
+	reason  string
+	kek     hsm.KeyID // its own, trusted, key-encryption key; "" when it has none
+	serial  string    // token serial when last synced
+	holds   map[hsm.KeyID]bool
+	suspect map[hsm.KeyID]bool // IDs whose creation here may have half-happened
+	removed bool
+
+	syncMu sync.Mutex // one re-sync at a time
+
+	br       atomic.Pointer[breaker]
+	fails    atomic.Int64 // consecutive member faults
+	inflight atomic.Int64
+	latency  atomic.Int64 // EWMA of call latency, ns; 0 unknown
+	served   atomic.Int64 // successful calls
+}
+
+func (m *member) token() *hsm.Token {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.tok
+}
+
+func (m *member) snapshot() (State, *hsm.Token, hsm.KeyID) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.state, m.tok, m.kek
+}
+
+func (m *member) isRemoved() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.removed
+}
+
+func (m *member) has(id hsm.KeyID) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.holds[id]
+}
+
+func (m *member) setHolds(id hsm.KeyID, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ok {
+		m.holds[id] = true
+	} else {
+		delete(m.holds, id)
+	}
+}
+
+func (m *member) addSuspect(id hsm.KeyID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.suspect[id] = true
+}
+
+// observeLatency folds d into the member's moving average.
+func (m *member) observeLatency(d time.Duration) {
+	for {
+		old := m.latency.Load()
+		var v int64
+		if old == 0 {
+			v = int64(d)
+		} else {
+			v = int64(0.8*float64(old) + 0.2*float64(d))
+		}
+		if m.latency.CompareAndSwap(old, max(v, 1)) {
+			return
+		}
+	}
+}
+
+func (c *Cluster) newBreaker(m *member) *breaker {
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        m.name,
+		MaxRequests: 1,
+		Timeout:     c.cfg.BreakerTimeout,
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures)
+		},
+		// The caller's faults and the caller's context never count against
+		// a member.
+		IsExcluded: func(err error) bool {
+			cl := hsm.Classify(err)
+			return cl == hsm.ClassCaller || cl == hsm.ClassContext
+		},
+	})
+}
+
+// setState moves m to state to and publishes the change. The event is
+// sent after the lock is released, and never blocks.
+func (c *Cluster) setState(m *member, to State, reason string, err error) {
+	m.mu.Lock()
+	from := m.state
+	if m.removed && to != Down {
+		m.mu.Unlock()
+		return
+	}
+	m.state, m.reason = to, reason
+	if err != nil {
+		m.reason = reason + ": " + err.Error()
+	}
+	m.mu.Unlock()
+	if from == to {
+		return
+	}
+	c.publish(Event{Time: c.clock.Now(), Member: m.name, From: from, To: to, Reason: reason, Err: err})
+}
+
+// casState moves m from from to to, and reports whether it did.
+func (c *Cluster) casState(m *member, from, to State, reason string) bool {
+	m.mu.Lock()
+	if m.state != from || m.removed {
+		m.mu.Unlock()
+		return false
+	}
+	m.state, m.reason = to, reason
+	m.mu.Unlock()
+	c.publish(Event{Time: c.clock.Now(), Member: m.name, From: from, To: to, Reason: reason})
+	return true
+}
+
+func (c *Cluster) publish(e Event) {
+	lvl := slog.LevelInfo
+	if e.To == Down {
+		lvl = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), lvl, "cluster: member state", "member", e.Member, "from", e.From, "to", e.To, "reason", e.Reason, "err", e.Err)
+	if c.events == nil {
+		return
+	}
+	select {
+	case c.events <- e:
+	default:
+		c.metrics.eventsDropped.Inc()
+	}
+}
+
+// memberOK records a successful call.
+func (c *Cluster) memberOK(m *member) {
+	m.served.Add(1)
+	if m.fails.Load() == 0 {
+		return
+	}
+	m.fails.Store(0)
+	c.casState(m, Degraded, Healthy, "call succeeded")
+}
+
+// memberFault records a member's fault: degraded at first, down after
+// DownAfter in a row, after a timeout, or when the fault is fatal.
+func (c *Cluster) memberFault(m *member, err error) {
+	n := m.fails.Add(1)
+	st, _, _ := m.snapshot()
+	if st == Down || st == Syncing {
+		return
+	}
+	if n >= int64(c.cfg.DownAfter) || errors.Is(err, hsm.ErrTimeout) || hsm.Classify(err) == hsm.ClassFatal ||
+		errors.Is(err, gobreaker.ErrOpenState) {
+		c.setState(m, Down, "member fault", err)
+		return
+	}
+	c.casState(m, Healthy, Degraded, "member fault: "+err.Error())
+}
+
+// score is the routing cost of sending one more call to m: in-flight
+// calls, scaled by latency relative to the fastest candidate, over weight.
+func (c *Cluster) score(m *member, fastest int64) float64 {
+	s := float64(m.inflight.Load()+1) / m.weight
+	if c.cfg.LatencyAware && fastest > 0 {
+		if l := m.latency.Load(); l > 0 {
+			// Members within 2x of the fastest count as equally fast, so
+			// that noise does not starve anyone.
+			if r := float64(l) / float64(fastest); r > 2 {
+				s *= r
+			}
+		}
+	}
+	return s
+}
+
+// tier orders candidates: healthy active first, then healthy standby,
+// degraded active, degraded standby. -1: not routable.
+func tier(m *member) int {
+	if m.removed {
+		return -1
+	}
+	t := 0
+	switch m.state {
+	case Healthy:
+	case Degraded:
+		t = 2
+	default:
+		return -1
+	}
+	if m.cfg.Role == Standby {
+		t++
+	}
+	return t
+}
+
+// pick chooses a member for a call on key id ("" for no key), skipping
+// the members in tried: the best tier that has a candidate, then the
+// better of two candidates drawn by weight (power of two choices).
+func (c *Cluster) pick(id hsm.KeyID, tried []bool) *member {
+	var cands [8]*member
+	list := cands[:0]
+	best := 99
+	for _, m := range c.members {
+		if tried[m.idx] {
+			continue
+		}
+		m.mu.RLock()
+		t := tier(m)
+		ok := t >= 0 && m.tok != nil && (id == "" || m.holds[id])
+		m.mu.RUnlock()
+		if !ok || t > best {
+			continue
+		}
+		if t < best {
+			best, list = t, list[:0]
+		}
+		list = append(list, m)
+	}
+	switch len(list) {
+	case 0:
+		return nil
+	case 1:
+		return list[0]
+	}
+	fastest := int64(math.MaxInt64)
+	for _, m := range list {
+		if l := m.latency.Load(); l > 0 && l < fastest {
+			fastest = l
+		}
+	}
+	if fastest == math.MaxInt64 {
+		fastest = 0
+	}
+	a := c.drawWeighted(list, nil)
+	b := c.drawWeighted(list, a)
+	if c.score(b, fastest) < c.score(a, fastest) {
+		return b
+	}
+	return a
+}
+
+// drawWeighted draws a member with probability proportional to weight,
+// other than not.
+func (c *Cluster) drawWeighted(list []*member, not *member) *member {
+	total := 0.0
+	for _, m := range list {
+		if m != not {
+			total += m.weight
+		}
+	}
+	x := c.rand() * total
+	for _, m := range list {
+		if m == not {
+			continue
+		}
+		if x -= m.weight; x < 0 {
+			return m
+		}
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i] != not {
+			return list[i]
+		}
+	}
+	return list[0]
+}

@@ -1,0 +1,351 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// writeTargets returns the members a new key goes to: every member that
+// is healthy or degraded and has its key-encryption key, in routing
+// preference order, and how many of them are healthy.
+func (c *Cluster) writeTargets() (targets []*member, healthy int) {
+	tried := make([]bool, len(c.members))
+	for {
+		m := c.pick("", tried)
+		if m == nil {
+			break
+		}
+		tried[m.idx] = true
+		st, _, kek := m.snapshot()
+		if kek == "" {
+			continue
+		}
+		targets = append(targets, m)
+		if st == Healthy {
+			healthy++
+		}
+	}
+	return targets, healthy
+}
+
+// quorum is how many members must hold a new key.
+func (c *Cluster) quorum(healthy int) int {
+	if c.cfg.WriteQuorum > 0 {
+		return c.cfg.WriteQuorum
+	}
+	return max(healthy, min(2, len(c.members)))
+}
+
+// downErrors lists why the members outside targets cannot take a key.
+func (c *Cluster) downErrors(targets []*member) []*MemberError {
+	var out []*MemberError
+	for _, m := range c.members {
+		if slices.Contains(targets, m) {
+			continue
+		}
+		m.mu.RLock()
+		st, reason := m.state, m.reason
+		m.mu.RUnlock()
+		out = append(out, &MemberError{m.name, fmt.Errorf("%w: member is %v (%s)", ErrNoHealthyMember, st, reason)})
+	}
+	return out
+}
+
+// GenerateKey creates a key on one member and copies it, wrapped under
+// that member's key-encryption key, to every other healthy member in
+// parallel. It succeeds once the key is on the write quorum and recorded
+// in the catalog; otherwise every copy made is destroyed and the error
+// wraps ErrQuorum and each member's error.
+//
+// The key is created extractable, so that it can be copied, but only
+// wrapped under a trusted key-encryption key (CKA_WRAP_WITH_TRUSTED) and
+// never in plaintext (CKA_SENSITIVE), whatever opts.Extractable says.
+func (c *Cluster) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpec, opts hsm.KeyOptions) (hsm.KeyInfo, error) {
+	if err := errors.Join(id.Validate(), spec.Validate()); err != nil {
+		return hsm.KeyInfo{}, err
+	}
+	opts.Extractable = true
+	return c.create(ctx, "generate-key", id, spec, func(ctx context.Context, t *hsm.Token) (hsm.KeyInfo, error) {
+		return t.GenerateKey(ctx, id, spec, opts)
+	}, nil)
+}
+
+// UnwrapKey imports a wrapped key on one member that holds
+// req.WrappingKey, then copies it to the others as GenerateKey does. The
+// key is made extractable under the same terms as GenerateKey's.
+func (c *Cluster) UnwrapKey(ctx context.Context, req hsm.UnwrapRequest) (hsm.KeyInfo, error) {
+	if err := errors.Join(req.ID.Validate(), req.Spec.Validate(), req.WrappingKey.Validate()); err != nil {
+		return hsm.KeyInfo{}, err
+	}
+	if reserved(req.WrappingKey) {
+		return hsm.KeyInfo{}, fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, req.WrappingKey)
+	}
+	req.Options.Extractable = true
+	wk := req.WrappingKey
+	return c.create(ctx, "unwrap-key", req.ID, req.Spec, func(ctx context.Context, t *hsm.Token) (hsm.KeyInfo, error) {
+		return t.UnwrapKey(ctx, req)
+	}, func(m *member) bool { return m.has(wk) })
+}
+
+// create is GenerateKey and UnwrapKey: make the key on one member (one
+// that passes canOrigin, if given), replicate, check the quorum, record.
+func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.KeySpec,
+	makeKey func(context.Context, *hsm.Token) (hsm.KeyInfo, error), canOrigin func(*member) bool) (_ hsm.KeyInfo, err error) {
+	if err := c.enter(); err != nil {
+		return hsm.KeyInfo{}, err
+	}
+	defer c.leave()
+	start := time.Now()
+	defer func() { c.metrics.observeCluster(op, time.Since(start), err) }()
+	if reserved(id) {
+		return hsm.KeyInfo{}, fmt.Errorf("%w: key IDs starting with %q belong to the cluster", hsm.ErrInvalidInput, reservedPrefix)
+	}
+	defer c.lockKey(id)()
+	if _, err := c.catalog.Get(ctx, id); err == nil {
+		return hsm.KeyInfo{}, fmt.Errorf("%w: %s (live or destroyed; IDs are never reused)", hsm.ErrKeyExists, id)
+	} else if !errors.Is(err, hsm.ErrKeyNotFound) {
+		return hsm.KeyInfo{}, fmt.Errorf("cluster: catalog: %w", err)
+	}
+	targets, healthy := c.writeTargets()
+	q := c.quorum(healthy)
+	if len(targets) < q {
+		return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: c.downErrors(targets)}
+	}
+
+	// The origin: the first target, in routing order, that makes the key.
+	var attempts []*MemberError
+	var origin *member
+	var info hsm.KeyInfo
+	for _, m := range targets {
+		if canOrigin != nil && !canOrigin(m) {
+			continue
+		}
+		info, err = attempt(c, ctx, m, op, makeKey)
+		if err == nil {
+			origin = m
+			break
+		}
+		if !retryable(err) {
+			return hsm.KeyInfo{}, err
+		}
+		// The call may have created the key before failing: remember it,
+		// so that a re-sync destroys whatever is there.
+		m.addSuspect(id)
+		attempts = append(attempts, &MemberError{m.name, err})
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if origin == nil {
+		if canOrigin != nil && len(attempts) == 0 {
+			return hsm.KeyInfo{}, fmt.Errorf("%w: no healthy member holds the wrapping key", hsm.ErrKeyNotFound)
+		}
+		return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
+	}
+	var others []*member
+	for _, m := range targets {
+		if m != origin {
+			others = append(others, m)
+		}
+	}
+	done, errs := c.replicate(ctx, origin, id, spec, info.Usage, others)
+	for _, e := range errs {
+		if errors.Is(e, hsm.ErrKeyExists) {
+			// The catalog does not know id, so what is there is left
+			// from a failed creation: the member's re-sync destroys it.
+			c.byName[e.Member].addSuspect(id)
+		}
+	}
+	attempts = append(attempts, errs...)
+	holders := append([]*member{origin}, done...)
+	if len(holders) >= q {
+		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now()}
+		if _, err = c.catalog.Create(ctx, rec); err == nil {
+			for _, m := range holders {
+				m.setHolds(id, true)
+			}
+			c.metrics.keysCreated.Inc()
+			return info, nil
+		}
+		attempts = append(attempts, &MemberError{"catalog", err})
+	}
+	// Roll back: no copy may stay anywhere.
+	c.rollback(ctx, id, holders)
+	return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
+}
+
+// rollback destroys id on every member in holders. A copy that cannot be
+// destroyed now is marked suspect, and the member's next re-sync destroys
+// it (the catalog does not list it).
+func (c *Cluster) rollback(ctx context.Context, id hsm.KeyID, holders []*member) {
+	ctx = context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
+	for _, m := range holders {
+		wg.Go(func() {
+			_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
+				return struct{}{}, t.DestroyKey(ctx, id)
+			})
+			if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+				m.addSuspect(id)
+				c.log.Warn("cluster: rollback left a copy; the member's re-sync destroys it", "member", m.name, "key", id, "err", err)
+			}
+			m.setHolds(id, false)
+		})
+	}
+	wg.Wait()
+	c.metrics.rollbacks.Inc()
+}
+
+// replicate copies key id from origin to each of others, in parallel:
+// origin wraps it under its key-encryption key (AES key wrap with
+// padding), each recipient unwraps it inside its token. It returns the
+// members that now hold it and the errors of the others.
+func (c *Cluster) replicate(ctx context.Context, origin *member, id hsm.KeyID, spec hsm.KeySpec, usage hsm.Usage, others []*member) ([]*member, []*MemberError) {
+	if len(others) == 0 {
+		return nil, nil
+	}
+	_, _, kek := origin.snapshot()
+	blob, err := attempt(c, ctx, origin, "wrap-key", func(ctx context.Context, t *hsm.Token) ([]byte, error) {
+		return t.WrapKey(ctx, kek, id, hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad})
+	})
+	var pub []byte
+	if err == nil && spec.Asymmetric() {
+		pub, err = attempt(c, ctx, origin, "public-key", func(ctx context.Context, t *hsm.Token) ([]byte, error) {
+			return t.PublicKey(ctx, id)
+		})
+	}
+	if err != nil {
+		var errs []*MemberError
+		for _, m := range others {
+			errs = append(errs, &MemberError{m.name, fmt.Errorf("wrapping on %s: %w", origin.name, err)})
+		}
+		return nil, errs
+	}
+	req := hsm.UnwrapRequest{
+		WrappingKey: kek, Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: blob,
+		ID: id, Spec: spec, Options: hsm.KeyOptions{Usage: usage, Extractable: true}, PublicKey: pub,
+	}
+	var mu sync.Mutex
+	var done []*member
+	var errs []*MemberError
+	var wg sync.WaitGroup
+	for _, m := range others {
+		wg.Go(func() {
+			err := c.unwrapOn(ctx, m, req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, &MemberError{m.name, err})
+				return
+			}
+			done = append(done, m)
+		})
+	}
+	wg.Wait()
+	return done, errs
+}
+
+// unwrapOn unwraps req on m, which must hold the wrapping key.
+func (c *Cluster) unwrapOn(ctx context.Context, m *member, req hsm.UnwrapRequest) error {
+	if !m.has(req.WrappingKey) {
+		return fmt.Errorf("%w: %s does not hold key-encryption key %s; run Join", ErrNotJoined, m.name, req.WrappingKey)
+	}
+	_, err := attempt(c, ctx, m, "unwrap-key", func(ctx context.Context, t *hsm.Token) (hsm.KeyInfo, error) {
+		return t.UnwrapKey(ctx, req)
+	})
+	return err
+}
+
+// DestroyKey destroys a key on every member. The catalog records the
+// destruction first, so a member that is down now destroys the key when it
+// returns, before it serves, and the key never comes back. It fails with
+// hsm.ErrKeyNotFound when the catalog does not know the key.
+func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	if err := c.enter(); err != nil {
+		return err
+	}
+	defer c.leave()
+	start := time.Now()
+	defer func() { c.metrics.observeCluster("destroy-key", time.Since(start), err) }()
+	if reserved(id) {
+		return fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, id)
+	}
+	defer c.lockKey(id)()
+	rec, err := c.catalog.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if rec.Destroyed {
+		return fmt.Errorf("%w: %s was destroyed", hsm.ErrKeyNotFound, id)
+	}
+	if err := c.catalog.MarkDestroyed(ctx, id, c.clock.Now()); err != nil {
+		return fmt.Errorf("cluster: catalog: %w", err)
+	}
+	var wg sync.WaitGroup
+	for _, m := range c.members {
+		m.setHolds(id, false)
+		st, tok, _ := m.snapshot()
+		if tok == nil || st == Down {
+			continue // its re-sync destroys the key
+		}
+		wg.Go(func() {
+			_, err := attempt(c, context.WithoutCancel(ctx), m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
+				return struct{}{}, t.DestroyKey(ctx, id)
+			})
+			if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+				c.log.Warn("cluster: destroy failed on a member; its re-sync destroys the key", "member", m.name, "key", id, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	c.metrics.keysDestroyed.Inc()
+	return nil
+}
+
+// copyKey copies a catalog key to dst from a healthy member that holds it
+// and whose key-encryption key dst holds.
+func (c *Cluster) copyKey(ctx context.Context, rec KeyRecord, dst *member) error {
+	defer c.lockKey(rec.ID)()
+	cur, err := c.catalog.Get(ctx, rec.ID)
+	if err != nil || cur.Destroyed {
+		return err // destroyed meanwhile: nothing to copy
+	}
+	var errs []error
+	for _, src := range c.members {
+		st, _, kek := src.snapshot()
+		if src == dst || (st != Healthy && st != Degraded) || kek == "" || !src.has(rec.ID) || !dst.has(kek) {
+			continue
+		}
+		done, merrs := c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst})
+		if len(merrs) == 1 && errors.Is(merrs[0], hsm.ErrKeyExists) {
+			// Copied by a creation that ran meanwhile. (Leftovers of failed
+			// creations are suspects, destroyed before any copy.)
+			dst.setHolds(rec.ID, true)
+			return nil
+		}
+		if len(done) == 1 {
+			dst.setHolds(rec.ID, true)
+			c.metrics.keysCopied.Inc()
+			return nil
+		}
+		for _, e := range merrs {
+			errs = append(errs, e)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("%w: no healthy member holds %s and a key-encryption key %s holds", ErrNoHealthyMember, rec.ID, dst.name)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,239 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// RepairStats counts what a re-sync or an anti-entropy pass did to one
+// member.
+type RepairStats struct {
+	Copied    int // keys copied to the member
+	Destroyed int // keys destroyed on it: tombstoned in the catalog, or left by failed creations
+	Failed    int // keys it should hold that could not be copied now
+}
+
+// resync makes m agree with the catalog: it lists m's keys (the only
+// C_FindObjects the cluster does, off the data path), destroys what was
+// destroyed meanwhile or left by failed creations, and copies what was
+// created meanwhile. m must not take traffic while it runs, or be
+// healthy for an anti-entropy pass.
+func (c *Cluster) resync(ctx context.Context, m *member) error {
+	_, err := c.repair(ctx, m)
+	return err
+}
+
+func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+	var st RepairStats
+	tok := m.token()
+	if tok == nil {
+		return st, fmt.Errorf("%w: token not open", ErrNoHealthyMember)
+	}
+	keys, err := tok.ListKeys(ctx)
+	if err != nil {
+		return st, err
+	}
+	holds := make(map[hsm.KeyID]bool, len(keys))
+	var own hsm.KeyID
+	var transports []hsm.KeyID
+	for _, k := range keys {
+		holds[k.ID] = true
+		switch {
+		case strings.HasPrefix(string(k.ID), kekPrefix) && k.Trusted:
+			if own == "" || k.ID < own {
+				own = k.ID
+			}
+		case strings.HasPrefix(string(k.ID), transportPrefix):
+			transports = append(transports, k.ID)
+		}
+	}
+	// Transport keys left by an interrupted ceremony go, unless a
+	// ceremony is running now.
+	if len(transports) > 0 && c.ceremonyMu.TryLock() {
+		for _, id := range transports {
+			if err := tok.DestroyKey(ctx, id); err == nil {
+				delete(holds, id)
+			}
+		}
+		c.ceremonyMu.Unlock()
+	}
+	if own == "" {
+		m.mu.Lock()
+		m.kek, m.holds = "", holds
+		m.mu.Unlock()
+		return st, fmt.Errorf("%w: %s holds no key-encryption key of its own", ErrNotJoined, m.name)
+	}
+	m.mu.Lock()
+	m.kek, m.serial, m.holds = own, tok.Info().Serial, holds
+	suspects := make([]hsm.KeyID, 0, len(m.suspect))
+	for id := range m.suspect {
+		suspects = append(suspects, id)
+	}
+	m.mu.Unlock()
+
+	destroy := func(id hsm.KeyID) error {
+		err := tok.DestroyKey(ctx, id)
+		if err == nil || errors.Is(err, hsm.ErrKeyNotFound) {
+			m.setHolds(id, false)
+			st.Destroyed++
+			return nil
+		}
+		return err
+	}
+	// Leftovers of failed creations go first: a key the catalog lists is
+	// then copied afresh from a member that holds the real one.
+	for _, id := range suspects {
+		unlock := c.lockKey(id)
+		if m.has(id) {
+			if err := destroy(id); err != nil {
+				unlock()
+				return st, err
+			}
+		}
+		m.mu.Lock()
+		delete(m.suspect, id)
+		m.mu.Unlock()
+		unlock()
+	}
+	recs, err := c.catalog.List(ctx)
+	if err != nil {
+		return st, fmt.Errorf("cluster: catalog: %w", err)
+	}
+	var copyErrs []error
+	for _, rec := range recs {
+		switch {
+		case rec.Destroyed && m.has(rec.ID):
+			if err := destroy(rec.ID); err != nil {
+				return st, err
+			}
+		case !rec.Destroyed && !m.has(rec.ID):
+			if err := c.copyKey(ctx, rec, m); err != nil {
+				st.Failed++
+				copyErrs = append(copyErrs, fmt.Errorf("%s: %w", rec.ID, err))
+			} else if m.has(rec.ID) {
+				st.Copied++
+			}
+		}
+		if ctx.Err() != nil {
+			return st, ctx.Err()
+		}
+	}
+	if len(copyErrs) > 0 {
+		// Copies can fail for want of a source; that is no reason to keep
+		// m out. A failing m is.
+		if err := tok.Probe(ctx); err != nil {
+			return st, err
+		}
+		c.log.Warn("cluster: re-sync could not copy every key; anti-entropy retries", "member", m.name, "failed", len(copyErrs), "err", errors.Join(copyErrs...))
+	}
+	c.metrics.resyncs.WithLabelValues(m.name).Inc()
+	return st, nil
+}
+
+// AntiEntropy compares every healthy member with the catalog now and
+// repairs what differs, as the periodic pass does. It returns what it did
+// per member.
+func (c *Cluster) AntiEntropy(ctx context.Context) (map[string]RepairStats, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.leave()
+	return c.antiEntropy(ctx)
+}
+
+func (c *Cluster) antiEntropy(ctx context.Context) (map[string]RepairStats, error) {
+	out := map[string]RepairStats{}
+	var errs []error
+	for _, m := range c.members {
+		st, _, _ := m.snapshot()
+		if st != Healthy && st != Degraded {
+			continue
+		}
+		rs, err := c.repair(ctx, m)
+		out[m.name] = rs
+		if err != nil {
+			errs = append(errs, &MemberError{m.name, err})
+			if retryable(err) {
+				c.memberFault(m, err)
+			}
+		}
+	}
+	return out, joinErrs(errs)
+}
+
+// KeyCoverage says which members hold one key.
+type KeyCoverage struct {
+	ID      hsm.KeyID
+	Spec    hsm.KeySpec
+	Holders []string // members that hold the key
+	Missing []string // members that should and do not (down ones included)
+}
+
+// Coverage is which members hold each key the catalog lists, and which
+// keys members hold that the catalog does not list (orphans).
+type Coverage struct {
+	Keys    []KeyCoverage
+	Orphans map[string][]hsm.KeyID
+}
+
+// UnderReplicated lists the keys that some member is missing.
+func (cv Coverage) UnderReplicated() []KeyCoverage {
+	var out []KeyCoverage
+	for _, k := range cv.Keys {
+		if len(k.Missing) > 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Coverage reports which members hold each live key, from what the
+// cluster learnt at the last re-sync or anti-entropy pass and from the
+// calls since; run AntiEntropy first for a fresh view.
+func (c *Cluster) Coverage(ctx context.Context) (Coverage, error) {
+	recs, err := c.catalog.List(ctx)
+	if err != nil {
+		return Coverage{}, fmt.Errorf("cluster: catalog: %w", err)
+	}
+	cv := Coverage{Orphans: map[string][]hsm.KeyID{}}
+	known := map[hsm.KeyID]bool{}
+	for _, r := range recs {
+		known[r.ID] = true
+		if r.Destroyed {
+			continue
+		}
+		k := KeyCoverage{ID: r.ID, Spec: r.Spec}
+		for _, m := range c.members {
+			m.mu.RLock()
+			has, removed := m.holds[r.ID], m.removed
+			m.mu.RUnlock()
+			switch {
+			case removed:
+			case has:
+				k.Holders = append(k.Holders, m.name)
+			default:
+				k.Missing = append(k.Missing, m.name)
+			}
+		}
+		cv.Keys = append(cv.Keys, k)
+	}
+	for _, m := range c.members {
+		m.mu.RLock()
+		for id := range m.holds {
+			if !reserved(id) && !known[id] {
+				cv.Orphans[m.name] = append(cv.Orphans[m.name], id)
+			}
+		}
+		m.mu.RUnlock()
+		slices.Sort(cv.Orphans[m.name])
+	}
+	return cv, nil
+}
+
