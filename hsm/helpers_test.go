@@ -2,6 +2,7 @@ package hsm_test
 
 import (
 	"context"
+	"runtime"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -34,3 +35,5 @@ func softhsmtestNew(t *testing.T, n int) []*softhsmtest.Member {
 	t.Helper()
 	return softhsmtest.New(t, n).Members
 }
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

@@ -31,7 +31,7 @@ const MaxDataSize = 1 << 20
 // ciphertext with the 16-byte tag appended, and the IV that was used,
 // which the caller stores beside it.
 func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error) {
-	profile := t.Info().Profile
+	profile := t.profile()
 	switch {
 	case len(plaintext) == 0:
 		err = fmt.Errorf("%w: empty plaintext", ErrInvalidInput)
@@ -116,7 +116,7 @@ func (t *Token) decryptErr(err error) error {
 	if !ok {
 		return err
 	}
-	if classifyCKR(code) == ClassCaller || slices.Contains(t.Info().Profile.DecryptFailureCodes, code) {
+	if classifyCKR(code) == ClassCaller || slices.Contains(t.profile().DecryptFailureCodes, code) {
 		return ErrDecrypt
 	}
 	return err
@@ -143,7 +143,7 @@ var hashMech = map[crypto.Hash]struct{ digest, mgf, hmac uint }{
 
 func (t *Token) oaepParams(h crypto.Hash) (*pkcs11.OAEPParams, error) {
 	hm, ok := hashMech[h]
-	if !ok || !t.Info().Profile.SupportsOAEP(h) {
+	if !ok || !t.profile().SupportsOAEP(h) {
 		return nil, fmt.Errorf("%w: RSA-OAEP with %v", ErrUnsupported, h)
 	}
 	return pkcs11.NewOAEPParams(hm.digest, hm.mgf, pkcs11.CKZ_DATA_SPECIFIED, nil), nil

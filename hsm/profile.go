@@ -29,6 +29,12 @@ type Profile struct {
 	// family (SoftHSM answers a bad GCM tag with CKR_GENERAL_ERROR). They
 	// become ErrDecrypt, the caller's fault.
 	DecryptFailureCodes []CKR
+	// ExclusiveObjectWrites: the token's object store is not safe when an
+	// object is created or destroyed while other threads use the token
+	// (SoftHSM 2.6's file store: a concurrent reader can see a half-written
+	// object, and the write fails with CKR_GENERAL_ERROR). Calls that create
+	// or destroy objects then run alone; all others run concurrently.
+	ExclusiveObjectWrites bool
 }
 
 // SupportsOAEP reports whether the token does RSA-OAEP with hash h.
@@ -46,6 +52,9 @@ var (
 		Name:                "softhsm2",
 		OAEPHashes:          []crypto.Hash{crypto.SHA1},
 		DecryptFailureCodes: []CKR{CKR(pkcs11.CKR_GENERAL_ERROR)},
+		// softhsm/SoftHSMv2#573: concurrent C_GenerateKey(Pair) and
+		// C_CreateObject fail at random; measured here too.
+		ExclusiveObjectWrites: true,
 	}
 	// ProfileCloudHSM is AWS CloudHSM (client SDK 5): the HSM generates the
 	// GCM IV, GCM input is capped at 16 KiB, labels at 127 characters.

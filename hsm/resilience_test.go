@@ -328,3 +328,31 @@ func TestClose(t *testing.T) {
 	_, _, err = b.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
 	require.NoError(t, err)
 }
+
+// TestParallelKeyCreation creates keys from 8 goroutines while others
+// encrypt. SoftHSM's file store fails such creations at random
+// (CKR_GENERAL_ERROR) unless its profile makes object writes exclusive.
+func TestParallelKeyCreation(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 12 {
+				spec := []hsm.KeySpec{hsm.AES256, hsm.ECP256, hsm.HMAC256}[i%3]
+				if _, err := tok.GenerateKey(ctx, hsm.KeyID(fmt.Sprintf("k%d-%d", g, i)), spec, hsm.KeyOptions{}); err != nil {
+					t.Error(err)
+				}
+				if _, _, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	keys, err := tok.ListKeys(ctx)
+	require.NoError(t, err)
+	assert.Len(t, keys, 1+8*12)
+}

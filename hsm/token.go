@@ -34,12 +34,16 @@ type Token struct {
 
 	reconnectMu sync.Mutex // one reconnect at a time
 
+	// objMu makes object writes exclusive when the profile asks for it:
+	// held for writing around calls that create or destroy objects, for
+	// reading around all others.
+	objMu sync.RWMutex
+
 	mu            sync.Mutex // guards the fields below
 	gen           uint64     // session generation; every cached handle belongs to one
 	needReconnect bool
 	loggedIn      bool
 	slot          uint
-	info          TokenInfo
 	idle          []*session
 	borrowed      int           // borrowed sessions of the current generation
 	oldBorrowed   int           // borrowed sessions of older generations
@@ -47,6 +51,7 @@ type Token struct {
 	healthy       bool
 	lastErr       error
 
+	info  atomic.Pointer[TokenInfo] // replaced whole on (re)connect; read without locks
 	keys  keyCache
 	finds atomic.Int64 // C_FindObjects searches, for tests
 }
@@ -134,7 +139,8 @@ func (t *Token) connect(ctx context.Context) error {
 		m[mm.Mechanism] = true
 	}
 	t.mu.Lock()
-	t.slot, t.info, t.mech, t.healthy = slot, info, m, true
+	t.slot, t.mech, t.healthy = slot, m, true
+	t.info.Store(&info)
 	t.mu.Unlock()
 	return nil
 }
@@ -186,11 +192,10 @@ func (t *Token) findSlot() (uint, TokenInfo, error) {
 }
 
 // Info returns what the token reported when it was last (re)connected.
-func (t *Token) Info() TokenInfo {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.info
-}
+func (t *Token) Info() TokenInfo { return *t.info.Load() }
+
+// profile returns the token's vendor profile.
+func (t *Token) profile() *Profile { return &t.info.Load().Profile }
 
 // Health returns the token's own view of its health: unhealthy after a
 // member's fault (a timeout, a lost device, a failed reconnect), healthy
@@ -384,7 +389,9 @@ func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall
 			}
 			return err
 		}
+		unlock := t.lockObjects(op)
 		err = t.intercept(ctx, op, func() error { return fn(s) })
+		unlock()
 		inCall.Store(false)
 		retry := t.putSession(ctx, s, err)
 		if !retry || ctx.Err() != nil {
@@ -392,6 +399,29 @@ func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall
 		}
 	}
 	return err
+}
+
+// writesObjects reports whether op creates or destroys token objects.
+func writesObjects(op Op) bool {
+	switch op {
+	case OpGenerateKey, OpUnwrapKey, OpDestroyKey, OpMarkTrusted:
+		return true
+	}
+	return false
+}
+
+// lockObjects takes objMu as the profile and op require and returns the
+// matching unlock.
+func (t *Token) lockObjects(op Op) (unlock func()) {
+	switch {
+	case !t.profile().ExclusiveObjectWrites:
+		return func() {}
+	case writesObjects(op):
+		t.objMu.Lock()
+		return t.objMu.Unlock
+	}
+	t.objMu.RLock()
+	return t.objMu.RUnlock
 }
 
 // retryable reports whether a fresh session may succeed where this failed.
@@ -584,10 +614,11 @@ func (t *Token) reconnect(ctx context.Context) error {
 		return err
 	}
 	t.mu.Lock()
-	if info.Serial != t.info.Serial {
-		t.log.Warn("hsm: token replaced", "token", t.cfg.selector(), "old_serial", t.info.Serial, "new_serial", info.Serial)
+	if old := t.info.Load(); info.Serial != old.Serial {
+		t.log.Warn("hsm: token replaced", "token", t.cfg.selector(), "old_serial", old.Serial, "new_serial", info.Serial)
 	}
-	t.slot, t.info, t.needReconnect = slot, info, false
+	t.slot, t.needReconnect = slot, false
+	t.info.Store(&info)
 	t.mu.Unlock()
 	return nil
 }

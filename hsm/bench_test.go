@@ -1,0 +1,294 @@
+package hsm_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/miekg/pkcs11"
+	"github.com/stretchr/testify/require"
+)
+
+// The benchmarks compare the hsm package with direct miekg/pkcs11 calls on
+// the same token in the same run, and report the ratio of throughputs
+// (direct ns/op over hsm ns/op; 1.0 means no overhead):
+//
+//	go test ./hsm -run '^$' -bench . -benchtime 2s
+//
+// "g1" runs one goroutine, "g8" eight (RunParallel with parallelism
+// 8/GOMAXPROCS). The direct side does the same work a careful direct user
+// must: a random IV per encryption, one session per goroutine, the key
+// handle found once.
+
+type benchEnv struct {
+	m    *softhsmtest.Member
+	tok  *hsm.Token
+	ctx  *pkcs11.Ctx
+	pin  string
+	msg  []byte
+	aad  []byte
+	ct   []byte
+	iv   []byte
+	dig  []byte
+	hmsg []byte
+}
+
+func newBenchEnv(b *testing.B) *benchEnv {
+	b.Helper()
+	c := softhsmtest.New(b, 1)
+	m := c.Members[0]
+	tok := openPlain(b, m)
+	ctx := context.Background()
+	for id, spec := range map[hsm.KeyID]hsm.KeySpec{"aes": hsm.AES256, "ec": hsm.ECP256, "mac": hsm.HMAC256} {
+		_, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		require.NoError(b, err)
+	}
+	e := &benchEnv{m: m, tok: tok, msg: make([]byte, 4096), aad: []byte("aad"), hmsg: make([]byte, 32)}
+	_, _ = rand.Read(e.msg)
+	d := sha256.Sum256(e.msg)
+	e.dig = d[:]
+	var err error
+	e.ct, e.iv, err = tok.EncryptGCM(ctx, "aes", nil, e.msg, e.aad)
+	require.NoError(b, err)
+
+	// The direct side: the same library instance (same path), its own
+	// sessions. Login state is per application, and the token is already
+	// logged in.
+	e.ctx = pkcs11.New(m.LibPath)
+	require.NotNil(b, e.ctx)
+	if err := e.ctx.Initialize(); err != nil && err != pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.ctx.Destroy) // no Finalize: the Token owns the instance
+	return e
+}
+
+// directSession opens a session and finds the key with CKA_ID id and class.
+func (e *benchEnv) directSession(b *testing.B, id string, class uint) (pkcs11.SessionHandle, pkcs11.ObjectHandle) {
+	slot := e.tok.Info().Slot
+	s, err := e.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := e.ctx.FindObjectsInit(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id)),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+	}); err != nil {
+		b.Fatal(err)
+	}
+	objs, _, err := e.ctx.FindObjects(s, 1)
+	if err != nil || len(objs) != 1 {
+		b.Fatalf("find %s: %v", id, err)
+	}
+	_ = e.ctx.FindObjectsFinal(s)
+	return s, objs[0]
+}
+
+// op is one benchmarked operation, both ways.
+type op struct {
+	name   string
+	id     string
+	class  uint
+	direct func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error
+	viaHSM func(e *benchEnv) error
+}
+
+var benchOps = []op{
+	{
+		name: "AESGCMEncrypt4KiB", id: "aes", class: pkcs11.CKO_SECRET_KEY,
+		direct: func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error {
+			iv := make([]byte, 12)
+			if _, err := rand.Read(iv); err != nil {
+				return err
+			}
+			p := pkcs11.NewGCMParams(iv, e.aad, 128)
+			defer p.Free()
+			if err := e.ctx.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, k); err != nil {
+				return err
+			}
+			_, err := e.ctx.Encrypt(s, e.msg)
+			return err
+		},
+		viaHSM: func(e *benchEnv) error {
+			_, _, err := e.tok.EncryptGCM(context.Background(), "aes", nil, e.msg, e.aad)
+			return err
+		},
+	},
+	{
+		name: "AESGCMDecrypt4KiB", id: "aes", class: pkcs11.CKO_SECRET_KEY,
+		direct: func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error {
+			p := pkcs11.NewGCMParams(e.iv, e.aad, 128)
+			defer p.Free()
+			if err := e.ctx.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, k); err != nil {
+				return err
+			}
+			_, err := e.ctx.Decrypt(s, e.ct)
+			return err
+		},
+		viaHSM: func(e *benchEnv) error {
+			_, err := e.tok.DecryptGCM(context.Background(), "aes", e.iv, e.ct, e.aad)
+			return err
+		},
+	},
+	{
+		name: "ECDSAP256Sign", id: "ec", class: pkcs11.CKO_PRIVATE_KEY,
+		direct: func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error {
+			if err := e.ctx.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, k); err != nil {
+				return err
+			}
+			_, err := e.ctx.Sign(s, e.dig)
+			return err
+		},
+		viaHSM: func(e *benchEnv) error {
+			_, err := e.tok.Sign(context.Background(), "ec", hsm.ECDSA, crypto.SHA256, e.dig)
+			return err
+		},
+	},
+	{
+		name: "HMACSHA256", id: "mac", class: pkcs11.CKO_SECRET_KEY,
+		direct: func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error {
+			if err := e.ctx.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
+				return err
+			}
+			_, err := e.ctx.Sign(s, e.hmsg)
+			return err
+		},
+		viaHSM: func(e *benchEnv) error {
+			_, err := e.tok.MAC(context.Background(), "mac", crypto.SHA256, e.hmsg)
+			return err
+		},
+	},
+}
+
+// BenchmarkVsDirect compares each operation through hsm with direct
+// miekg/pkcs11 calls. Target: ratio >= 0.95.
+func BenchmarkVsDirect(b *testing.B) {
+	e := newBenchEnv(b)
+	for _, o := range benchOps {
+		for _, g := range []int{1, 8} {
+			var directNs float64
+			b.Run(fmt.Sprintf("%s/g%d/direct", o.name, g), func(b *testing.B) {
+				b.SetBytes(0)
+				if g == 1 {
+					s, k := e.directSession(b, o.id, o.class)
+					defer e.ctx.CloseSession(s)
+					b.ResetTimer()
+					for b.Loop() {
+						if err := o.direct(e, s, k); err != nil {
+							b.Fatal(err)
+						}
+					}
+				} else {
+					var mu sync.Mutex
+					var sessions []pkcs11.SessionHandle
+					b.SetParallelism(max(1, 8/runtimeProcs()))
+					b.ResetTimer()
+					b.RunParallel(func(pb *testing.PB) {
+						s, k := e.directSession(b, o.id, o.class)
+						mu.Lock()
+						sessions = append(sessions, s)
+						mu.Unlock()
+						for pb.Next() {
+							if err := o.direct(e, s, k); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+					b.StopTimer()
+					for _, s := range sessions {
+						_ = e.ctx.CloseSession(s)
+					}
+				}
+				directNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			})
+			b.Run(fmt.Sprintf("%s/g%d/hsm", o.name, g), func(b *testing.B) {
+				if g == 1 {
+					for b.Loop() {
+						if err := o.viaHSM(e); err != nil {
+							b.Fatal(err)
+						}
+					}
+				} else {
+					b.SetParallelism(max(1, 8/runtimeProcs()))
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if err := o.viaHSM(e); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				hsmNs := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+				if directNs > 0 {
+					b.ReportMetric(directNs/hsmNs, "x_direct")
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkManyKeys compares AES-GCM encryption with 1,000 keys on the
+// token against 10 keys, cycling through the keys. Target: ratio >= 0.9,
+// which the handle cache gives (C_FindObjects costs ~20 µs per object on
+// SoftHSM: ~23 ms per lookup with 1,000 keys).
+func BenchmarkManyKeys(b *testing.B) {
+	ctx := context.Background()
+	c := softhsmtest.New(b, 1)
+	tok := openPlain(b, c.Members[0])
+	msg := make([]byte, 4096)
+	var ids []hsm.KeyID
+	var baseNs float64
+	for _, n := range []int{10, 1000} {
+		// Create the keys (up to n) in parallel: ~280 keys/s on SoftHSM.
+		var wg sync.WaitGroup
+		next := make(chan int)
+		for range 8 {
+			wg.Go(func() {
+				for i := range next {
+					if _, err := tok.GenerateKey(ctx, hsm.KeyID(fmt.Sprintf("k%04d", i)), hsm.AES256, hsm.KeyOptions{}); err != nil {
+						b.Error(err)
+					}
+				}
+			})
+		}
+		for i := len(ids); i < n; i++ {
+			next <- i
+			ids = append(ids, hsm.KeyID(fmt.Sprintf("k%04d", i)))
+		}
+		close(next)
+		wg.Wait()
+		keys := ids[:n]
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				if _, _, err := tok.EncryptGCM(ctx, keys[i%len(keys)], nil, msg, nil); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if n == 10 {
+				baseNs = ns
+			} else if baseNs > 0 {
+				b.ReportMetric(baseNs/ns, "x_10keys")
+			}
+		})
+	}
+}
+
+// openPlain opens a token without the fault injector, as production code
+// does.
+func openPlain(b *testing.B, m *softhsmtest.Member) *hsm.Token {
+	tok, err := hsm.Open(context.Background(), m.Config())
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = tok.Close() })
+	return tok
+}
