@@ -63,7 +63,7 @@ as_root() {
 
 ensure() {
 	local lib
-	if lib=$(find_lib) && command -v softhsm2-util >/dev/null; then
+	if lib=$(find_lib) && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null; then
 		echo "softhsm-test: SoftHSM2 found: $lib" >&2
 		return 0
 	fi
@@ -71,9 +71,9 @@ ensure() {
 		as_root apt-get update
 		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y softhsm2 opensc
 	elif command -v dnf >/dev/null; then
-		as_root dnf install -y softhsm
+		as_root dnf install -y softhsm opensc
 	elif command -v brew >/dev/null; then
-		brew install softhsm
+		brew install softhsm opensc
 	else
 		die "no apt-get, dnf or brew: install SoftHSM2 by hand and set SOFTHSM2_LIB"
 	fi
@@ -135,6 +135,14 @@ env_cmd() {
 	done
 }
 
+# need_go makes sure a Go toolchain is on PATH.
+need_go() {
+	if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+		PATH=/usr/local/go/bin:$PATH
+	fi
+	command -v go >/dev/null || die "Go is not installed: get Go 1.26 or later from https://go.dev/dl/"
+}
+
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
@@ -144,12 +152,14 @@ ensure)
 	;;
 test)
 	ensure
+	need_go
 	cd "$root"
 	go test -race -count=1 -timeout 30m ./... "$@"
 	;;
 demo)
 	[[ $# -eq 0 ]] || usage
 	ensure
+	need_go
 	cd "$root"
 	go run ./examples/quickstart
 	;;
