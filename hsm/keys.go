@@ -415,6 +415,9 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 	if opts.Usage == 0 {
 		opts.Usage = spec.defaultUsage()
 	}
+	if max := t.profile().MaxLabelLen; max > 0 && len(keyLabel(id, spec)) > max {
+		return KeyInfo{}, t.wrap(OpGenerateKey, fmt.Errorf("%w: key ID %s makes a label longer than the token's %d bytes", ErrInvalidInput, id, max))
+	}
 	si := specs[spec]
 	var info KeyInfo
 	err := t.do(ctx, OpGenerateKey, func(s *session) error {

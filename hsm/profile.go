@@ -19,7 +19,8 @@ type Profile struct {
 	GCMIVFromHSM bool
 	// GCMMaxInput caps AES-GCM input in bytes; 0 means no cap.
 	GCMMaxInput int
-	// MaxLabelLen caps CKA_LABEL in bytes; 0 means no cap.
+	// MaxLabelLen caps CKA_LABEL in bytes; 0 means no cap. Labels are
+	// "hsmkms:<spec>:<id>", at most 84 bytes.
 	MaxLabelLen int
 	// OAEPHashes lists the hashes the token accepts for RSA-OAEP (both
 	// the OAEP hash and MGF1).
@@ -57,7 +58,9 @@ var (
 		ExclusiveObjectWrites: true,
 	}
 	// ProfileCloudHSM is AWS CloudHSM (client SDK 5): the HSM generates the
-	// GCM IV, GCM input is capped at 16 KiB, labels at 127 characters.
+	// GCM IV, GCM input is capped at 16 KiB, labels at 127 characters. It
+	// has no read-only sessions; this package opens read-write sessions
+	// only, on every token.
 	ProfileCloudHSM = Profile{
 		Name:         "cloudhsm",
 		GCMIVFromHSM: true,

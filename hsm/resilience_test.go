@@ -356,3 +356,29 @@ func TestParallelKeyCreation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, keys, 1+8*12)
 }
+
+// TestReplacedToken: the token is wiped and re-created with the same label
+// (a replaced HSM). The same Token reconnects to it, forgets every cached
+// handle, and reports the new serial; the old keys are gone.
+func TestReplacedToken(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	serial := tok.Info().Serial
+
+	require.NoError(t, m.Wipe())
+	// The first call after the wipe may meet the dead session; the retry
+	// reconnects to the new token.
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "a stale handle must not reach an object of the new token")
+	assert.NotEqual(t, serial, tok.Info().Serial)
+	assert.Equal(t, m.Label, tok.Info().Label)
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+}
