@@ -209,11 +209,13 @@ func TestVagueFailures(t *testing.T) {
 	require.NoError(t, err)
 	other := sha256.Sum256([]byte("other"))
 	for name, f := range map[string]func() error{
-		"flipped sig":   func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], flip(sig, len(sig)-1)) },
-		"other digest":  func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, other[:], sig) },
-		"not DER":       func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], []byte("garbage")) },
-		"empty sig":     func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], nil) },
-		"trailing data": func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], append(bytes.Clone(sig), 0)) },
+		"flipped sig":  func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], flip(sig, len(sig)-1)) },
+		"other digest": func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, other[:], sig) },
+		"not DER":      func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], []byte("garbage")) },
+		"empty sig":    func() error { return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], nil) },
+		"trailing data": func() error {
+			return tok.Verify(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:], append(bytes.Clone(sig), 0))
+		},
 	} {
 		err := f()
 		require.ErrorIs(t, err, hsm.ErrVerify, name)

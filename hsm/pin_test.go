@@ -93,12 +93,12 @@ func TestParseURI(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	for _, bad := range []string{
-		"token=a",                        // no scheme
-		"pkcs11:token",                   // no value
-		"pkcs11:slot-id=x",               // not a number
-		"pkcs11:colour=blue",             // unknown attribute
-		"pkcs11:token=a?module=/x",       // unknown query attribute
-		"pkcs11:token=%zz",               // bad escape
+		"token=a",                  // no scheme
+		"pkcs11:token",             // no value
+		"pkcs11:slot-id=x",         // not a number
+		"pkcs11:colour=blue",       // unknown attribute
+		"pkcs11:token=a?module=/x", // unknown query attribute
+		"pkcs11:token=%zz",         // bad escape
 		"pkcs11:token=a?pin-source=/nonexistent/pin",
 	} {
 		_, err := hsm.ParseURI(bad)
