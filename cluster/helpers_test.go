@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeClock is a Clock that moves only when Advance is called.
@@ -203,4 +205,15 @@ func (e *env) served() []int64 {
 func digest(s string) []byte {
 	d := sha256.Sum256([]byte(s))
 	return d[:]
+}
+
+func runtimeGosched() { runtime.Gosched() }
+
+// callerErrors counts calls member answered with the caller's fault.
+func callerErrors(c *Cluster, member string) float64 {
+	var total float64
+	for _, op := range []string{"encrypt", "decrypt", "sign", "mac", "describe"} {
+		total += testutil.ToFloat64(c.metrics.errs.WithLabelValues(member, op, "caller"))
+	}
+	return total
 }

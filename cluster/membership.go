@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/hsmkms/hsmkms/cluster/internal/p11shim"
 	"github.com/hsmkms/hsmkms/hsm"
 )
 
@@ -216,11 +215,6 @@ func (c *Cluster) transfer(ctx context.Context, from, to *member, kek hsm.KeyID)
 	}()
 	w := hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: h}
 	blob, err := ft.WrapKey(ctx, tid, kek, w)
-	if errors.Is(err, hsm.ErrKeyNotFound) {
-		// hsm.Token.WrapKey does not resolve a wrapping key that is only a
-		// public key object yet; see package p11shim.
-		blob, err = p11shim.WrapUnderPublicKey(from.cfg.Token.ModulePath, ft.Info().Slot, string(tid), string(kek), h)
-	}
 	if err != nil {
 		return fmt.Errorf("wrapping the KEK on %s: %w", from.name, err)
 	}

@@ -236,4 +236,3 @@ func (c *Cluster) Coverage(ctx context.Context) (Coverage, error) {
 	}
 	return cv, nil
 }
-

@@ -538,6 +538,8 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 			t.loggedIn = false
 		}
 		t.mu.Unlock()
+		// A new login may renumber private objects (SoftHSM does).
+		t.keys.clear()
 		keep, retry = false, true
 	case isCKR && code == CKR(pkcs11.CKR_OPERATION_ACTIVE):
 		keep, retry = false, true
