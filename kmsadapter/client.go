@@ -225,6 +225,9 @@ func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
 }
 
 func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}

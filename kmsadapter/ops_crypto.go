@@ -125,6 +125,9 @@ func (c *Client) decrypt(ctx context.Context, blob []byte, keyID *string, alg ty
 		}
 		return pt, want, want.current(), alg, nil
 	}
+	if alg != types.EncryptionAlgorithmSpecSymmetricDefault && want == nil {
+		return nil, nil, nil, "", validation("KeyId is required to decrypt with the asymmetric algorithm %s", alg)
+	}
 	if alg != types.EncryptionAlgorithmSpecSymmetricDefault {
 		return nil, nil, nil, "", invalidKeyUsage("the encryption algorithm %s is not valid for a symmetric ciphertext", alg)
 	}

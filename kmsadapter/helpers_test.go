@@ -1,0 +1,101 @@
+package kmsadapter_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kmsadapter"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+)
+
+// fakeClock is a Clock that moves only when told.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// env is a Client on one real SoftHSM2 token.
+type env struct {
+	t     testing.TB
+	tok   *hsm.Token
+	store kmsadapter.Store
+	clock *fakeClock
+	c     *kmsadapter.Client
+	cfg   kmsadapter.Config
+}
+
+func openToken(t testing.TB) *hsm.Token {
+	t.Helper()
+	cl := softhsmtest.New(t, 1)
+	m := cl.Members[0]
+	tok, err := hsm.Open(context.Background(), m.Config(), hsm.WithInterceptor(m.Faults))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tok.Close()) })
+	return tok
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	e := &env{t: t, tok: openToken(t), store: kmsadapter.NewMemoryStore(), clock: newFakeClock(), cfg: kmsadapter.DefaultConfig()}
+	e.c = e.open()
+	return e
+}
+
+// open makes a new Client on the env's token and store, as a restarted
+// process would.
+func (e *env) open() *kmsadapter.Client {
+	e.t.Helper()
+	c, err := kmsadapter.New(e.tok, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(e.t, err)
+	return c
+}
+
+func (e *env) createKey(spec types.KeySpec, usage types.KeyUsageType) string {
+	e.t.Helper()
+	out, err := e.c.CreateKey(context.Background(), &kms.CreateKeyInput{KeySpec: spec, KeyUsage: usage})
+	require.NoError(e.t, err)
+	return *out.KeyMetadata.KeyId
+}
+
+// code returns the AWS error code of err, or "" for nil.
+func code(err error) string {
+	if err == nil {
+		return ""
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return "non-API error: " + err.Error()
+}
+
+var bg = context.Background()
+
+func str(s string) *string { return aws.String(s) }
+func i32(i int32) *int32   { return aws.Int32(i) }
