@@ -206,7 +206,7 @@ func TestOperationTable(t *testing.T) {
 			return err
 		}},
 		{"Decrypt/RSA algorithm on symmetric ciphertext", Usage, func() error {
-			_, err := c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: ctxAB, EncryptionAlgorithm: types.EncryptionAlgorithmSpecRsaesOaepSha1})
+			_, err := c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: blob, KeyId: str(sym), EncryptionContext: ctxAB, EncryptionAlgorithm: types.EncryptionAlgorithmSpecRsaesOaepSha1})
 			return err
 		}},
 		{"Decrypt/RSA", ok, func() error {
