@@ -382,3 +382,38 @@ func TestReplacedToken(t *testing.T) {
 	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
 	require.NoError(t, err)
 }
+
+// TestCloseCrashedMember: a token whose module is down closes cleanly.
+func TestCloseCrashedMember(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok, err := hsm.Open(ctx, m.Config(), hsm.WithInterceptor(m.Faults))
+	require.NoError(t, err)
+	_, err = tok.Random(ctx, 8)
+	require.NoError(t, err)
+	require.NoError(t, m.Crash())
+	require.NoError(t, tok.Close())
+	require.NoError(t, m.Restart())
+}
+
+// TestCancelledCallNotHeldAgainstToken: cancelling a hung call returns at
+// once with context.Canceled, leaves the token healthy, and Close does not
+// wait for the abandoned worker.
+func TestCancelledCallNotHeldAgainstToken(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok, err := hsm.Open(ctx, m.Config(), hsm.WithInterceptor(m.Faults))
+	require.NoError(t, err)
+	m.Faults.Hang(hsm.OpRandom)
+	cctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { _, err := tok.Random(cctx, 8); errc <- err }()
+	require.NoError(t, m.Faults.AwaitHung(ctx, 1))
+	cancel()
+	err = <-errc
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, hsm.ClassContext, hsm.Classify(err))
+	assert.True(t, tok.Health().Healthy, "a cancellation is not the token's fault")
+	require.NoError(t, tok.Close(), "Close returns while the abandoned worker is still stuck")
+	m.Faults.Release()
+}

@@ -249,8 +249,12 @@ func (t *Token) Close() error {
 	var errs []error
 	for _, s := range idle {
 		if s.gen == gen {
-			if err := t.mod.ctx.CloseSession(s.h); err != nil {
-				errs = append(errs, err)
+			err := t.mod.ctx.CloseSession(s.h)
+			if code, ok := asCKR(err); ok && sessionFatal(code) {
+				err = nil // the session is gone already (a crashed or lost module)
+			}
+			if err != nil {
+				errs = append(errs, t.wrap(OpOpen, err))
 			}
 		}
 	}
@@ -330,12 +334,17 @@ func (t *Token) run(ctx context.Context, op Op, fn func(*session) error) error {
 		}
 	}
 	err := t.ctxErr(ctx)
-	if inCall.Load() && errors.Is(err, context.DeadlineExceeded) {
-		// The module did not answer in time: a stalled HSM.
+	if inCall.Load() {
+		// The worker is inside the module and may never come back; Close
+		// must not wait for it.
 		t.stuck.Add(1)
 		go func() { <-done; t.stuck.Add(-1) }()
-		t.setHealth(false, t.wrap(op, err))
-		t.log.Warn("hsm: call passed its deadline; session abandoned", "token", t.cfg.selector(), "op", op)
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The module did not answer in time: a stalled HSM. A
+			// cancellation says nothing about the token.
+			t.setHealth(false, t.wrap(op, err))
+			t.log.Warn("hsm: call passed its deadline; session abandoned", "token", t.cfg.selector(), "op", op)
+		}
 	}
 	return t.wrap(op, err)
 }
