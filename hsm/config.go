@@ -95,71 +95,78 @@ func (c Config) selector() string {
 //	pkcs11:token=member-1;serial=1a2b?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/secrets/pin
 func ParseURI(uri string) (Config, error) {
 	cfg := DefaultConfig()
-	bad := func(format string, a ...any) (Config, error) {
-		return Config{}, fmt.Errorf("%w: pkcs11 URI: %s", ErrInvalidInput, fmt.Sprintf(format, a...))
-	}
 	rest, ok := strings.CutPrefix(uri, "pkcs11:")
 	if !ok {
-		return bad("does not start with pkcs11:")
+		return Config{}, fmt.Errorf("%w: pkcs11 URI: does not start with pkcs11:", ErrInvalidInput)
 	}
 	path, query, _ := strings.Cut(rest, "?")
-	if path != "" {
-		for attr := range strings.SplitSeq(path, ";") {
-			k, v, ok := strings.Cut(attr, "=")
-			if !ok {
-				return bad("path attribute %q has no value", k)
-			}
-			val, err := url.PathUnescape(v)
+	err := eachAttr(path, ";", func(k, val string) error {
+		switch k {
+		case "token":
+			cfg.TokenLabel = val
+		case "serial":
+			cfg.TokenSerial = val
+		case "slot-id":
+			n, err := strconv.ParseUint(val, 10, 64)
 			if err != nil {
-				return bad("attribute %s is not percent-encoded correctly", k)
+				return fmt.Errorf("slot-id %q is not a number", val)
 			}
-			switch k {
-			case "token":
-				cfg.TokenLabel = val
-			case "serial":
-				cfg.TokenSerial = val
-			case "slot-id":
-				n, err := strconv.ParseUint(val, 10, 64)
-				if err != nil {
-					return bad("slot-id %q is not a number", val)
-				}
-				slot := uint(n)
-				cfg.Slot = &slot
-			case "manufacturer", "model", "library-manufacturer", "library-description",
-				"library-version", "slot-description", "slot-manufacturer":
-				// Informational attributes that do not select among our tokens.
-			default:
-				return bad("unsupported path attribute %q", k)
-			}
+			slot := uint(n)
+			cfg.Slot = &slot
+		case "manufacturer", "model", "library-manufacturer", "library-description",
+			"library-version", "slot-description", "slot-manufacturer":
+			// Informational attributes that do not select among our tokens.
+		default:
+			return fmt.Errorf("unsupported path attribute %q", k)
 		}
-	}
-	if query != "" {
-		for attr := range strings.SplitSeq(query, "&") {
-			k, v, ok := strings.Cut(attr, "=")
-			if !ok {
-				return bad("query attribute %q has no value", k)
-			}
-			val, err := url.PathUnescape(v)
-			if err != nil {
-				return bad("attribute %s is not percent-encoded correctly", k)
-			}
+		return nil
+	})
+	if err == nil {
+		err = eachAttr(query, "&", func(k, val string) error {
 			switch k {
 			case "module-path":
 				cfg.ModulePath = val
 			case "pin-value":
 				cfg.PIN = NewPIN(val)
 			case "pin-source":
-				file := strings.TrimPrefix(val, "file:")
-				b, err := os.ReadFile(file)
+				b, err := os.ReadFile(strings.TrimPrefix(val, "file:"))
 				if err != nil {
-					return bad("pin-source: %v", err)
+					return fmt.Errorf("pin-source: %w", err)
 				}
 				line, _, _ := strings.Cut(string(b), "\n")
 				cfg.PIN = NewPIN(strings.TrimSuffix(line, "\r"))
 			default:
-				return bad("unsupported query attribute %q", k)
+				return fmt.Errorf("unsupported query attribute %q", k)
 			}
-		}
+			return nil
+		})
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: pkcs11 URI: %w", ErrInvalidInput, err)
 	}
 	return cfg, nil
+}
+
+// eachAttr calls fn with each percent-decoded name=value pair of a URI
+// part whose attributes are separated by sep. Errors never contain values
+// of pin attributes.
+func eachAttr(part, sep string, fn func(name, value string) error) error {
+	if part == "" {
+		return nil
+	}
+	for attr := range strings.SplitSeq(part, sep) {
+		k, v, ok := strings.Cut(attr, "=")
+		if !ok {
+			// Not echoed: a mistyped "pin-value:1234" must not print the PIN.
+			return fmt.Errorf("an attribute has no '='")
+		}
+		val, err := url.PathUnescape(v)
+		if err != nil {
+			return fmt.Errorf("attribute %s is not percent-encoded correctly", k)
+		}
+		if err := fn(k, val); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -50,9 +50,15 @@ func TestPINNeverPrinted(t *testing.T) {
 	_, err := hsm.Open(context.Background(), cfg)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), secretPIN)
-	_, err = hsm.ParseURI("pkcs11:token=a?pin-value=" + secretPIN + "&bogus=1")
-	require.Error(t, err)
-	assert.NotContains(t, err.Error(), secretPIN)
+	for _, uri := range []string{
+		"pkcs11:token=a?pin-value=" + secretPIN + "&bogus=1",
+		"pkcs11:token=a?pin-value:" + secretPIN,
+		"pkcs11:token=a?pin-value=" + secretPIN + "%zz",
+	} {
+		_, err = hsm.ParseURI(uri)
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), secretPIN)
+	}
 }
 
 func TestWrongPIN(t *testing.T) {
