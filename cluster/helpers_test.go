@@ -105,28 +105,46 @@ type env struct {
 }
 
 // newEnv builds and bootstraps a cluster of n SoftHSM members named m0,
-// m1, ... with a fake clock. mut may change the configuration first.
+// m1, ... with a fake clock. mut may change the configuration first. The
+// bootstrap (RSA key generation for the ceremony) runs in a first
+// cluster with generous timeouts; the cluster under test is a second one
+// over the same members and catalog, as after a process restart.
 func newEnv(t *testing.T, n int, mut func(*Config)) *env {
 	t.Helper()
 	sh := softhsmtest.New(t, n)
+	ctx := context.Background()
+	catalog := &MemoryCatalog{}
 	cfg := DefaultConfig()
 	cfg.AntiEntropyInterval = 0
-	e := &env{t: t, sh: sh, clock: newFakeClock(), events: make(chan Event, 1024)}
-	opts := []Option{WithClock(e.clock), WithEvents(e.events)}
+	var opts []Option
 	for i, m := range sh.Members {
 		tc := m.Config()
-		tc.CallTimeout = 5 * time.Second
+		tc.CallTimeout = 30 * time.Second
 		name := fmt.Sprintf("m%d", i)
 		cfg.Members = append(cfg.Members, MemberConfig{Name: name, Token: tc, SOPIN: m.SOPIN()})
 		opts = append(opts, WithTokenOptions(name, hsm.WithInterceptor(m.Faults)))
 	}
+	boot, err := New(ctx, cfg, append(opts, WithCatalog(catalog), WithClock(newFakeClock()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := boot.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range cfg.Members {
+		cfg.Members[i].Token.CallTimeout = 5 * time.Second
+	}
 	if mut != nil {
 		mut(&cfg)
 	}
-	e.cfg = cfg
-	ctx := context.Background()
-	c, err := New(ctx, cfg, opts...)
+	e := &env{t: t, sh: sh, clock: newFakeClock(), events: make(chan Event, 1024), cfg: cfg}
+	c, err := New(ctx, cfg, append(opts, WithCatalog(catalog), WithClock(e.clock), WithEvents(e.events))...)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed only now, so that the module stays initialized in between
+	// (closing the last token of a module finalizes it).
+	if err := boot.Close(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -137,11 +155,11 @@ func newEnv(t *testing.T, n int, mut func(*Config)) *env {
 			t.Error(err)
 		}
 	})
-	if err := c.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
 	e.c = c
 	e.requireStates(Healthy, Healthy, Healthy, Healthy, Healthy)
+	for len(e.events) > 0 {
+		<-e.events // the start's
+	}
 	return e
 }
 
