@@ -328,7 +328,7 @@ func (c *Cluster) Members() []MemberStatus {
 		out = append(out, MemberStatus{
 			Name: m.name, Role: m.cfg.Role, State: m.state, Reason: m.reason, Keys: n,
 			InFlight: m.inflight.Load(), Served: m.served.Load(),
-			Latency: time.Duration(m.latency.Load()), Serial: m.serial,
+			Latency: m.latencyEstimate(), Serial: m.serial,
 		})
 		m.mu.RUnlock()
 	}

@@ -95,7 +95,7 @@ type member struct {
 	br       atomic.Pointer[breaker]
 	fails    atomic.Int64 // consecutive member faults
 	inflight atomic.Int64
-	latency  atomic.Int64 // EWMA of call latency, ns; 0 unknown
+	latency  atomic.Uint64 // math.Float64bits of an EWMA of ln(latency in ns); 0 unknown
 	served   atomic.Int64 // successful calls
 }
 
@@ -139,21 +139,72 @@ func (m *member) addSuspect(id hsm.KeyID) {
 	m.suspect[id] = true
 }
 
-// observeLatency folds d into the member's moving average.
+// observeLatency folds d into the member's moving average, kept in the
+// log domain so that one slow call (a GC pause, a busy core) moves it
+// little and a member slow by a constant factor stands out quickly.
 func (m *member) observeLatency(d time.Duration) {
+	l := math.Log(float64(max(d, time.Microsecond)))
 	for {
 		old := m.latency.Load()
-		var v int64
-		if old == 0 {
-			v = int64(d)
-		} else {
-			v = int64(0.8*float64(old) + 0.2*float64(d))
+		v := l
+		if old != 0 {
+			v = 0.7*math.Float64frombits(old) + 0.3*l
 		}
-		if m.latency.CompareAndSwap(old, max(v, 1)) {
+		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
 			return
 		}
 	}
 }
+
+func (m *member) latencyEstimate() time.Duration {
+	l, ok := m.logLatency()
+	if !ok {
+		return 0
+	}
+	return time.Duration(math.Exp(l))
+}
+
+// logLatency is the average ln(latency in ns), and false when unknown.
+func (m *member) logLatency() (float64, bool) {
+	b := m.latency.Load()
+	return math.Float64frombits(b), b != 0
+}
+
+// decayLatency moves a member that lost a routing choice for being slow a
+// little toward the fastest, so that it is tried again now and then and a
+// member that recovered is found without a probe.
+func (m *member) decayLatency(fastest float64) {
+	for {
+		old := m.latency.Load()
+		if old == 0 {
+			return
+		}
+		v := fastest + (math.Float64frombits(old)-fastest)*0.998
+		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
+			return
+		}
+	}
+}
+
+// slowFactor is how many times slower than the fastest candidate m is, or
+// 1 when it is within slowThreshold of it or unknown.
+func (c *Cluster) slowFactor(m *member, fastest float64, known bool) float64 {
+	if !c.cfg.LatencyAware || !known {
+		return 1
+	}
+	l, ok := m.logLatency()
+	if !ok {
+		return 1
+	}
+	if f := math.Exp(l - fastest); f > slowThreshold {
+		return f
+	}
+	return 1
+}
+
+// slowThreshold: members within this factor of the fastest count as
+// equally fast, so that noise does not skew the spread.
+const slowThreshold = 4
 
 func (c *Cluster) newBreaker(m *member) *breaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -248,19 +299,10 @@ func (c *Cluster) memberFault(m *member, err error) {
 }
 
 // score is the routing cost of sending one more call to m: in-flight
-// calls, scaled by latency relative to the fastest candidate, over weight.
-func (c *Cluster) score(m *member, fastest int64) float64 {
-	s := float64(m.inflight.Load()+1) / m.weight
-	if c.cfg.LatencyAware && fastest > 0 {
-		if l := m.latency.Load(); l > 0 {
-			// Members within 2x of the fastest count as equally fast, so
-			// that noise does not starve anyone.
-			if r := float64(l) / float64(fastest); r > 2 {
-				s *= r
-			}
-		}
-	}
-	return s
+// calls, times how much slower than the fastest candidate it is, over
+// weight.
+func (c *Cluster) score(m *member, fastest float64, known bool) float64 {
+	return float64(m.inflight.Load()+1) / m.weight * c.slowFactor(m, fastest, known)
 }
 
 // tier orders candidates: healthy active first, then healthy standby,
@@ -312,19 +354,19 @@ func (c *Cluster) pick(id hsm.KeyID, tried []bool) *member {
 	case 1:
 		return list[0]
 	}
-	fastest := int64(math.MaxInt64)
+	fastest, known := math.Inf(1), false
 	for _, m := range list {
-		if l := m.latency.Load(); l > 0 && l < fastest {
-			fastest = l
+		if l, ok := m.logLatency(); ok && l < fastest {
+			fastest, known = l, true
 		}
-	}
-	if fastest == math.MaxInt64 {
-		fastest = 0
 	}
 	a := c.drawWeighted(list, nil)
 	b := c.drawWeighted(list, a)
-	if c.score(b, fastest) < c.score(a, fastest) {
-		return b
+	if c.score(b, fastest, known) < c.score(a, fastest, known) {
+		a, b = b, a
+	}
+	if c.slowFactor(b, fastest, known) > 1 {
+		b.decayLatency(fastest)
 	}
 	return a
 }

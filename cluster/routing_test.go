@@ -1,0 +1,92 @@
+package cluster
+
+import (
+	"context"
+	"crypto"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+func TestRoutingSpreadsLoadOverEqualMembers(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	if _, err := e.c.GenerateKey(ctx, "spread", hsm.HMAC256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.served()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 2500 {
+				if _, err := e.c.MAC(ctx, "spread", crypto.SHA256, []byte("m")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	after := e.served()
+	var shares []int64
+	for i := range after {
+		shares = append(shares, after[i]-before[i])
+	}
+	lo, hi := slices.Min(shares), slices.Max(shares)
+	t.Logf("calls per member over 10,000: %v", shares)
+	if lo == 0 || float64(hi)/float64(lo) > 1.25 {
+		t.Fatalf("largest/smallest share %d/%d > 1.25", hi, lo)
+	}
+}
+
+func TestRoutingAvoidsASlowMember(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	if _, err := e.c.GenerateKey(ctx, "slow", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	run := func() (p99 time.Duration, served []int64) {
+		before := e.served()
+		var mu sync.Mutex
+		var lat []time.Duration
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				mine := make([]time.Duration, 0, 500)
+				for range 500 {
+					start := time.Now()
+					if _, _, err := e.c.EncryptGCM(ctx, "slow", nil, []byte("payload"), nil); err != nil {
+						t.Error(err)
+						return
+					}
+					mine = append(mine, time.Since(start))
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		after := e.served()
+		for i := range after {
+			served = append(served, after[i]-before[i])
+		}
+		slices.Sort(lat)
+		return lat[len(lat)*99/100], served
+	}
+	run() // warm up
+	healthy, _ := run()
+	e.sh.Members[1].Faults.SetLatency(hsm.OpEncrypt, 5*time.Millisecond)
+	slow, served := run()
+	t.Logf("p99 healthy %v, with one member 5 ms slower %v; calls per member %v", healthy, slow, served)
+	total := served[0] + served[1] + served[2]
+	if float64(served[1]) > 0.02*float64(total) {
+		t.Fatalf("the slow member took %d of %d calls", served[1], total)
+	}
+	if slow > 2*healthy {
+		t.Fatalf("p99 %v with a slow member, more than twice the healthy %v", slow, healthy)
+	}
+}
