@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
-	"runtime"
 	"testing"
 	"time"
 

@@ -96,7 +96,7 @@ type member struct {
 	fails    atomic.Int64 // consecutive member faults
 	inflight atomic.Int64
 	latency  atomic.Uint64 // math.Float64bits of an EWMA of ln(latency in ns); 0 unknown
-	served   atomic.Int64 // successful calls
+	served   atomic.Int64  // successful calls
 }
 
 func (m *member) token() *hsm.Token {
