@@ -1,0 +1,39 @@
+package kmshttp
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "hsmkms", Subsystem: "http", Name: "requests_total",
+			Help: "KMS API requests, by operation and AWS error code (empty when the request succeeded)."}, []string{"op", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "hsmkms", Subsystem: "http", Name: "request_duration_seconds",
+			Help:    "Latency of KMS API requests, from the request headers to the response.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"op"}),
+	}
+}
+
+func (m *metrics) observe(op, code string, d time.Duration) {
+	m.requests.WithLabelValues(op, code).Inc()
+	m.latency.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	m.requests.Describe(ch)
+	m.latency.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.requests.Collect(ch)
+	m.latency.Collect(ch)
+}
