@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 	c.metrics = newMetrics(c)
 	var wg sync.WaitGroup
 	for _, m := range c.members {
-		wg.Go(func() { c.recover(ctx, m) })
+		wg.Go(func() { c.recover(ctx, m, false) })
 	}
 	wg.Wait()
 	c.loops.Go(c.loop)
@@ -225,7 +225,7 @@ func (c *Cluster) probe(ctx context.Context, m *member) {
 		return
 	}
 	if st == Down || tok == nil {
-		c.recover(ctx, m)
+		c.recover(ctx, m, false)
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
@@ -238,7 +238,7 @@ func (c *Cluster) probe(ctx context.Context, m *member) {
 		if info := tok.Info(); info.Serial != "" && m.serial != "" && info.Serial != m.serial {
 			// A replaced HSM behind the same label: its keys are gone.
 			c.setState(m, Down, "token replaced", nil)
-			c.recover(ctx, m)
+			c.recover(ctx, m, false)
 			return
 		}
 		m.fails.Store(0)
@@ -252,12 +252,16 @@ func (c *Cluster) probe(ctx context.Context, m *member) {
 }
 
 // recover opens a member's token if needed and re-syncs it; on success
-// the member becomes healthy and its breaker is reset.
-func (c *Cluster) recover(ctx context.Context, m *member) {
+// the member becomes healthy and its breaker is reset. A healthy member
+// is left alone, and a member that has not joined is only probed, unless
+// force (after a ceremony) or AutoJoin.
+func (c *Cluster) recover(ctx context.Context, m *member, force bool) {
+	m.recoverMu.Lock()
+	defer m.recoverMu.Unlock()
 	m.mu.RLock()
-	tok, removed := m.tok, m.removed
+	tok, removed, st, notJoined := m.tok, m.removed, m.state, m.notJoined
 	m.mu.RUnlock()
-	if removed {
+	if removed || (!force && st == Healthy) {
 		return
 	}
 	if tok == nil {
@@ -267,11 +271,7 @@ func (c *Cluster) recover(ctx context.Context, m *member) {
 			return
 		}
 		m.mu.Lock()
-		if m.tok == nil {
-			m.tok = t
-		} else {
-			_ = t.Close()
-		}
+		m.tok, tok = t, t
 		m.mu.Unlock()
 	} else {
 		pctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
@@ -280,6 +280,9 @@ func (c *Cluster) recover(ctx context.Context, m *member) {
 		if err != nil {
 			c.setState(m, Down, "probe failed", err)
 			return
+		}
+		if notJoined && !force && !c.cfg.AutoJoin {
+			return // up, but useless until Bootstrap or Join
 		}
 	}
 	c.setState(m, Syncing, "re-sync", nil)
@@ -292,7 +295,14 @@ func (c *Cluster) recover(ctx context.Context, m *member) {
 			err = c.resync(ctx, m)
 		}
 	}
-	if err != nil {
+	m.mu.Lock()
+	m.notJoined = errors.Is(err, ErrNotJoined)
+	m.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrNotJoined):
+		c.setState(m, Down, "not joined: run Bootstrap or Join", nil)
+		return
+	case err != nil:
 		c.setState(m, Down, "re-sync failed", err)
 		return
 	}

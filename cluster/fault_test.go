@@ -405,8 +405,9 @@ func TestQuorumImpossibleLeavesNoCopy(t *testing.T) {
 func TestQuorumMissedMidwayRollsBack(t *testing.T) {
 	e := newEnv(t, 3, nil) // default quorum: all 3 healthy members
 	ctx := context.Background()
-	e.sh.Members[1].Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31) // CKR_DEVICE_MEMORY
-	e.sh.Members[2].Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31)
+	for _, m := range e.sh.Members { // whichever two are not the origin fail
+		m.Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31) // CKR_DEVICE_MEMORY
+	}
 	_, err := e.c.GenerateKey(ctx, "rolled-back", hsm.ECP256, hsm.KeyOptions{})
 	if !errors.Is(err, ErrQuorum) {
 		t.Fatalf("got %v, want ErrQuorum", err)
@@ -421,6 +422,9 @@ func TestQuorumMissedMidwayRollsBack(t *testing.T) {
 		}
 	}
 	// The failed members come back; the ID is free again.
+	for _, m := range e.sh.Members {
+		m.Faults.FailNext(hsm.OpUnwrapKey, 0, 0)
+	}
 	e.check()
 	if _, err := e.c.GenerateKey(ctx, "rolled-back", hsm.ECP256, hsm.KeyOptions{}); err != nil {
 		t.Fatal(err)

@@ -96,7 +96,7 @@ func (t fakeTimer) Stop() bool {
 
 // env is a cluster over real SoftHSM2 members.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	c      *Cluster
 	sh     *softhsmtest.Cluster
 	clock  *fakeClock
@@ -109,7 +109,7 @@ type env struct {
 // bootstrap (RSA key generation for the ceremony) runs in a first
 // cluster with generous timeouts; the cluster under test is a second one
 // over the same members and catalog, as after a process restart.
-func newEnv(t *testing.T, n int, mut func(*Config)) *env {
+func newEnv(t testing.TB, n int, mut func(*Config)) *env {
 	t.Helper()
 	sh := softhsmtest.New(t, n)
 	ctx := context.Background()

@@ -89,8 +89,12 @@ type member struct {
 	holds   map[hsm.KeyID]bool
 	suspect map[hsm.KeyID]bool // IDs whose creation here may have half-happened
 	removed bool
+	// notJoined: the token holds no KEK of its own; the member waits for
+	// Bootstrap or Join.
+	notJoined bool
 
-	syncMu sync.Mutex // one re-sync at a time
+	recoverMu sync.Mutex // one recovery at a time
+	syncMu    sync.Mutex // one re-sync at a time
 
 	br       atomic.Pointer[breaker]
 	fails    atomic.Int64 // consecutive member faults

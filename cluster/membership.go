@@ -35,7 +35,9 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 		}
 	}
 	for _, m := range c.members {
-		c.recover(ctx, m)
+		if st, _, _ := m.snapshot(); st != Healthy {
+			c.recover(ctx, m, true)
+		}
 	}
 	return joinErrs(errs)
 }
@@ -75,7 +77,7 @@ func (c *Cluster) Join(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	c.recover(ctx, m)
+	c.recover(ctx, m, true)
 	if st, _, _ := m.snapshot(); st != Healthy {
 		m.mu.RLock()
 		reason := m.reason
@@ -88,7 +90,7 @@ func (c *Cluster) Join(ctx context.Context, name string) error {
 // join runs steps 1 and 2 of Join. ceremonyMu must be held.
 func (c *Cluster) join(ctx context.Context, m *member) error {
 	if m.token() == nil {
-		c.recover(ctx, m) // opens the token; fails with ErrNotJoined, which is expected here
+		c.recover(ctx, m, false) // opens the token
 		if m.token() == nil {
 			return fmt.Errorf("%w: %s cannot be opened", ErrNoHealthyMember, m.name)
 		}
