@@ -189,7 +189,13 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 	}
 	ctx := r.Context()
 	for _, c := range spec.checks(in) {
+		if c.fromBlob && c.key == nil {
+			continue // not our ciphertext format: the call rejects it, or the key that served it is checked after
+		}
 		if e := h.authorize(ctx, p, c); e != nil {
+			if c.fromBlob && e.Code == "NotFoundException" {
+				continue
+			}
 			return nil, e
 		}
 	}

@@ -18,6 +18,10 @@ type check struct {
 	action string
 	key    *string
 	keys   map[string][]string // condition keys of the request, lower case
+	// fromBlob marks a key read from a ciphertext's header: when no such
+	// key exists the check is left to the call, which rejects the
+	// ciphertext, and to the check of the key that served it.
+	fromBlob bool
 }
 
 type opSpec struct {
@@ -65,6 +69,15 @@ func on(action string, key *string, keys map[string][]string) []check {
 
 func account(action string) []check { return []check{{action: action}} }
 
+// onCiphertext is the check of action on the key given (any KeyId form),
+// or else on the key named in blob's header.
+func onCiphertext(action string, key *string, blob []byte, keys map[string][]string) []check {
+	if key != nil {
+		return on(action, key, keys)
+	}
+	return []check{{action: action, key: blobKeyID(blob), keys: keys, fromBlob: true}}
+}
+
 // condKeys builds the condition keys of a request: the encryption context
 // (kms:EncryptionContext:<key>, kms:EncryptionContextKeys) and any
 // algorithm named, as "name", value pairs.
@@ -100,12 +113,6 @@ func blobKeyID(blob []byte) *string {
 	return &id
 }
 
-func ptrOr(p *string, q *string) *string {
-	if p != nil {
-		return p
-	}
-	return q
-}
 
 var opTable = func() map[string]opSpec {
 	specs := []opSpec{
@@ -113,13 +120,13 @@ var opTable = func() map[string]opSpec {
 			return on("kms:Encrypt", in.KeyId, condKeys(in.EncryptionContext, "kms:encryptionalgorithm", string(in.EncryptionAlgorithm)))
 		}, "KeyId", "Plaintext"),
 		withAfter(op(kmsadapter.API.Decrypt, func(in *kms.DecryptInput) []check {
-			return on("kms:Decrypt", ptrOr(in.KeyId, blobKeyID(in.CiphertextBlob)), condKeys(in.EncryptionContext, "kms:encryptionalgorithm", string(in.EncryptionAlgorithm)))
+			return onCiphertext("kms:Decrypt", in.KeyId, in.CiphertextBlob, condKeys(in.EncryptionContext, "kms:encryptionalgorithm", string(in.EncryptionAlgorithm)))
 		}, "CiphertextBlob"), func(in *kms.DecryptInput, out *kms.DecryptOutput) []check {
 			return on("kms:Decrypt", out.KeyId, condKeys(in.EncryptionContext, "kms:encryptionalgorithm", string(in.EncryptionAlgorithm)))
 		}),
 		withAfter(op(kmsadapter.API.ReEncrypt, func(in *kms.ReEncryptInput) []check {
 			return append(
-				on("kms:ReEncryptFrom", ptrOr(in.SourceKeyId, blobKeyID(in.CiphertextBlob)), condKeys(in.SourceEncryptionContext)),
+				onCiphertext("kms:ReEncryptFrom", in.SourceKeyId, in.CiphertextBlob, condKeys(in.SourceEncryptionContext)),
 				on("kms:ReEncryptTo", in.DestinationKeyId, condKeys(in.DestinationEncryptionContext))...)
 		}, "CiphertextBlob", "DestinationKeyId"), func(in *kms.ReEncryptInput, out *kms.ReEncryptOutput) []check {
 			return on("kms:ReEncryptFrom", out.SourceKeyId, condKeys(in.SourceEncryptionContext))

@@ -69,6 +69,9 @@ func ParsePolicy(doc string) (*Policy, error) {
 	} else if err := json.Unmarshal(raw.Statement, &stmts); err != nil {
 		return nil, fmt.Errorf("Statement must be an object or an array of objects: %w", err)
 	}
+	if len(stmts) == 0 {
+		return nil, errors.New("the policy has no statement")
+	}
 	p := &Policy{}
 	for i, m := range stmts {
 		st, err := parseStatement(m)
