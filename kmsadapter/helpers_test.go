@@ -3,6 +3,7 @@ package kmsadapter_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kmsadapter"
@@ -99,3 +101,30 @@ var bg = context.Background()
 
 func str(s string) *string { return aws.String(s) }
 func i32(i int32) *int32   { return aws.Int32(i) }
+
+func createKey(t testing.TB, c *kmsadapter.Client) string {
+	t.Helper()
+	out, err := c.CreateKey(bg, &kms.CreateKeyInput{})
+	require.NoError(t, err)
+	return *out.KeyMetadata.KeyId
+}
+
+func contextWithCancel() (context.Context, context.CancelFunc) { return context.WithCancel(bg) }
+
+func bytesReplace(v []byte, old, new string) []byte {
+	return []byte(strings.Replace(string(v), old, new, 1))
+}
+
+// editBolt changes one value of a closed bbolt store file.
+func editBolt(t testing.TB, path, bucket, key string, fn func([]byte) []byte) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, db.Close()) }()
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		v := b.Get([]byte(key))
+		require.NotNil(t, v, "%s/%s", bucket, key)
+		return b.Put([]byte(key), fn(append([]byte(nil), v...)))
+	}))
+}
