@@ -1,0 +1,208 @@
+package kmsadapter_test
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kmsadapter"
+)
+
+// kwpWrap is AES key wrap with padding (RFC 5649), written from the RFC
+// with crypto/aes, as an AWS user wraps key material for
+// RSA_AES_KEY_WRAP_SHA_*.
+func kwpWrap(kek, pt []byte) []byte {
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		panic(err)
+	}
+	var aiv [8]byte
+	binary.BigEndian.PutUint32(aiv[:4], 0xA65959A6)
+	binary.BigEndian.PutUint32(aiv[4:], uint32(len(pt)))
+	padded := make([]byte, (len(pt)+7)/8*8)
+	copy(padded, pt)
+	if len(padded) == 8 {
+		out := make([]byte, 16)
+		block.Encrypt(out, append(aiv[:], padded...))
+		return out
+	}
+	n := len(padded) / 8
+	a := aiv
+	r := make([][8]byte, n)
+	for i := range r {
+		copy(r[i][:], padded[i*8:])
+	}
+	var b [16]byte
+	for j := 0; j < 6; j++ {
+		for i := 0; i < n; i++ {
+			copy(b[:8], a[:])
+			copy(b[8:], r[i][:])
+			block.Encrypt(b[:], b[:])
+			t := uint64(n*j + i + 1)
+			binary.BigEndian.PutUint64(a[:], binary.BigEndian.Uint64(b[:8])^t)
+			copy(r[i][:], b[8:])
+		}
+	}
+	out := append([]byte(nil), a[:]...)
+	for i := range r {
+		out = append(out, r[i][:]...)
+	}
+	return out
+}
+
+// TestKWPVector checks kwpWrap against RFC 5649's test vectors.
+func TestKWPVector(t *testing.T) {
+	kek := mustHex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8")
+	require.Equal(t, "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a", hexOf(kwpWrap(kek, mustHex("c37b7e6492584340bed12207808941155068f738"))))
+	require.Equal(t, "afbeb0f07dfbf5419200f2ccb50bb24f", hexOf(kwpWrap(kek, mustHex("466f7250617369"))))
+}
+
+// awsWrap wraps material as the AWS documentation tells users to.
+func awsWrap(t *testing.T, alg types.AlgorithmSpec, pubDER, material []byte) []byte {
+	t.Helper()
+	pk, err := x509.ParsePKIXPublicKey(pubDER)
+	require.NoError(t, err)
+	pub := pk.(*rsa.PublicKey)
+	switch alg {
+	case types.AlgorithmSpecRsaesOaepSha1:
+		out, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub, material, nil)
+		require.NoError(t, err)
+		return out
+	case types.AlgorithmSpecRsaAesKeyWrapSha1:
+		eph := make([]byte, 32)
+		_, _ = rand.Read(eph)
+		head, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub, eph, nil)
+		require.NoError(t, err)
+		return append(head, kwpWrap(eph, material)...)
+	}
+	t.Fatalf("algorithm %s", alg)
+	return nil
+}
+
+// localDecrypt opens a kmsadapter ciphertext blob with Go's AES-GCM and the
+// key material, proving the HSM holds exactly the imported material.
+func localDecrypt(t *testing.T, material, blob []byte, ec map[string]string) []byte {
+	t.Helper()
+	block, err := aes.NewCipher(material)
+	require.NoError(t, err)
+	gcm, err := cipher.NewGCM(block)
+	require.NoError(t, err)
+	aad := append(append([]byte(nil), blob[:21]...), kmsadapter.EncodeContext(ec)...)
+	pt, err := gcm.Open(nil, blob[21:33], blob[33:], aad)
+	require.NoError(t, err)
+	return pt
+}
+
+func getParams(t *testing.T, c *kmsadapter.Client, id string, alg types.AlgorithmSpec) *kms.GetParametersForImportOutput {
+	t.Helper()
+	p, err := c.GetParametersForImport(bg, &kms.GetParametersForImportInput{KeyId: str(id), WrappingAlgorithm: alg, WrappingKeySpec: types.WrappingKeySpecRsa2048})
+	require.NoError(t, err)
+	return p
+}
+
+func TestImportSymmetric(t *testing.T) {
+	e := newEnv(t)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	id := *out.KeyMetadata.KeyId
+	require.Equal(t, types.OriginTypeExternal, out.KeyMetadata.Origin)
+	require.Nil(t, out.KeyMetadata.CurrentKeyMaterialId)
+
+	material := make([]byte, 32)
+	_, _ = rand.Read(material)
+	p := getParams(t, e.c, id, types.AlgorithmSpecRsaesOaepSha1)
+	require.True(t, p.ParametersValidTo.Equal(e.clock.Now().Add(24*time.Hour)))
+
+	// A token of another call, and a token past its 24 hours, are refused.
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: append([]byte{1}, make([]byte, 32)...), EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material)})
+	require.Equal(t, "InvalidImportTokenException", code(err))
+	e.clock.Advance(24 * time.Hour)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material)})
+	require.Equal(t, "ExpiredImportTokenException", code(err))
+	require.NoError(t, e.c.Tick(bg))
+	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/import1"))
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "Tick destroys expired wrapping keys")
+
+	p = getParams(t, e.c, id, types.AlgorithmSpecRsaesOaepSha1)
+	// Garbage does not unwrap.
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: make([]byte, 256)})
+	require.Equal(t, "InvalidCiphertextException", code(err))
+	imp, err := e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material)})
+	require.NoError(t, err)
+	require.Len(t, *imp.KeyMaterialId, 64)
+	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(id)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStateEnabled, d.KeyMetadata.KeyState)
+	require.Equal(t, types.ExpirationModelTypeKeyMaterialDoesNotExpire, d.KeyMetadata.ExpirationModel)
+
+	ec := map[string]string{"app": "import"}
+	ct, err := e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(id), Plaintext: []byte("imported"), EncryptionContext: ec})
+	require.NoError(t, err)
+	require.Equal(t, "imported", string(localDecrypt(t, material, ct.CiphertextBlob, ec)), "the HSM holds exactly the imported material")
+
+	// Delete the material: the key waits for it again.
+	_, err = e.c.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(id)})
+	require.NoError(t, err)
+	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	_, err = e.c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob, EncryptionContext: ec})
+	require.Equal(t, "KMSInvalidStateException", code(err))
+
+	// Other material is refused; the same material, wrapped the other way, is taken.
+	other := make([]byte, 32)
+	_, _ = rand.Read(other)
+	p = getParams(t, e.c, id, types.AlgorithmSpecRsaAesKeyWrapSha1)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, other)})
+	require.Equal(t, "IncorrectKeyMaterialException", code(err))
+	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "refused material is not left on the HSM")
+	validTo := e.clock.Now().Add(10 * 24 * time.Hour)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material), ValidTo: &validTo})
+	require.NoError(t, err)
+	dec, err := e.c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob, EncryptionContext: ec})
+	require.NoError(t, err)
+	require.Equal(t, "imported", string(dec.Plaintext))
+
+	// Material with an expiry date expires.
+	e.clock.Advance(10*24*time.Hour - time.Second)
+	require.NoError(t, e.c.Tick(bg))
+	_, err = e.c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob, EncryptionContext: ec})
+	require.NoError(t, err)
+	e.clock.Advance(time.Second)
+	require.NoError(t, e.c.Tick(bg))
+	d, err = e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(id)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStatePendingImport, d.KeyMetadata.KeyState)
+	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "expired material is destroyed on the HSM")
+}
+
+func TestImportHMAC(t *testing.T) {
+	e := newEnv(t)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
+	require.NoError(t, err)
+	id := *out.KeyMetadata.KeyId
+	material := make([]byte, 32)
+	_, _ = rand.Read(material)
+	p := getParams(t, e.c, id, types.AlgorithmSpecRsaAesKeyWrapSha1)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material)})
+	require.NoError(t, err)
+	mac, err := e.c.GenerateMac(bg, &kms.GenerateMacInput{KeyId: str(id), Message: []byte("m"), MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
+	require.NoError(t, err)
+	h := hmac.New(sha256.New, material)
+	h.Write([]byte("m"))
+	require.Equal(t, h.Sum(nil), mac.Mac)
+}
