@@ -130,7 +130,10 @@ func (c *Client) ensureIntegrityKey(ctx context.Context) error {
 // returns nil, or an error wrapping ErrTampered that joins one
 // *IntegrityError per failed record, or the error that stopped the check.
 func (c *Client) VerifyStore(ctx context.Context) error {
-	type item struct{ bucket, key string; raw []byte }
+	type item struct {
+		bucket, key string
+		raw         []byte
+	}
 	var items []item
 	err := c.store.View(ctx, func(tx Tx) error {
 		for _, b := range []string{bucketKeys, bucketAliases, bucketTombstones} {

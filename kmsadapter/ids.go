@@ -53,6 +53,14 @@ func parseUUID(s string) ([16]byte, bool) {
 // hsmKeyID names the HSM key that holds version n of a KMS key.
 func hsmKeyID(keyID string, n int) hsm.KeyID { return hsm.KeyID(fmt.Sprintf("%s/v%d", keyID, n)) }
 
+// freshHSMKeyID is base with a random suffix, for HSM keys whose plain
+// name may already have been used (IDs are never reused).
+func freshHSMKeyID(base string) hsm.KeyID {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hsm.KeyID(base + "." + hex.EncodeToString(b[:]))
+}
+
 // hsmImportKeyID names the RSA wrapping key of an import.
 func hsmImportKeyID(keyID string, n int) hsm.KeyID {
 	return hsm.KeyID(fmt.Sprintf("%s/import%d", keyID, n))

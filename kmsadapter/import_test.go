@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,6 +144,9 @@ func TestImportSymmetric(t *testing.T) {
 	imp, err := e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material)})
 	require.NoError(t, err)
 	require.Len(t, *imp.KeyMaterialId, 64)
+	require.Len(t, materialKeys(t, e.tok, id), 1)
+	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/import2"))
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "the wrapping key is destroyed once used")
 	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(id)})
 	require.NoError(t, err)
 	require.Equal(t, types.KeyStateEnabled, d.KeyMetadata.KeyState)
@@ -156,8 +160,7 @@ func TestImportSymmetric(t *testing.T) {
 	// Delete the material: the key waits for it again.
 	_, err = e.c.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(id)})
 	require.NoError(t, err)
-	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
-	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	require.Empty(t, materialKeys(t, e.tok, id))
 	_, err = e.c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob, EncryptionContext: ec})
 	require.Equal(t, "KMSInvalidStateException", code(err))
 
@@ -167,14 +170,18 @@ func TestImportSymmetric(t *testing.T) {
 	p = getParams(t, e.c, id, types.AlgorithmSpecRsaAesKeyWrapSha1)
 	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, other)})
 	require.Equal(t, "IncorrectKeyMaterialException", code(err))
-	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
-	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "refused material is not left on the HSM")
+	require.Empty(t, materialKeys(t, e.tok, id), "refused material is not left on the HSM")
 	validTo := e.clock.Now().Add(10 * 24 * time.Hour)
 	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material), ValidTo: &validTo})
 	require.NoError(t, err)
 	dec, err := e.c.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob, EncryptionContext: ec})
 	require.NoError(t, err)
 	require.Equal(t, "imported", string(dec.Plaintext))
+	// Importing the same material while it is present keeps one copy.
+	p = getParams(t, e.c, id, types.AlgorithmSpecRsaesOaepSha1)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material), ValidTo: &validTo})
+	require.NoError(t, err)
+	require.Len(t, materialKeys(t, e.tok, id), 1)
 
 	// Material with an expiry date expires.
 	e.clock.Advance(10*24*time.Hour - time.Second)
@@ -186,8 +193,21 @@ func TestImportSymmetric(t *testing.T) {
 	d, err = e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(id)})
 	require.NoError(t, err)
 	require.Equal(t, types.KeyStatePendingImport, d.KeyMetadata.KeyState)
-	_, err = e.tok.Describe(bg, hsm.KeyID(id+"/v1"))
-	require.ErrorIs(t, err, hsm.ErrKeyNotFound, "expired material is destroyed on the HSM")
+	require.Empty(t, materialKeys(t, e.tok, id), "expired material is destroyed on the HSM")
+}
+
+// materialKeys lists the HSM keys that hold material of KMS key id.
+func materialKeys(t *testing.T, tok *hsm.Token, id string) []hsm.KeyID {
+	t.Helper()
+	infos, err := tok.ListKeys(bg)
+	require.NoError(t, err)
+	var out []hsm.KeyID
+	for _, i := range infos {
+		if strings.HasPrefix(string(i.ID), id+"/v") {
+			out = append(out, i.ID)
+		}
+	}
+	return out
 }
 
 func TestImportHMAC(t *testing.T) {

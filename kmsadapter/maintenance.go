@@ -112,7 +112,8 @@ func (c *Client) rollbackCreating(ctx context.Context) error {
 		if r.State != stateCreating || c.now().Sub(r.Created) < c.cfg.CreateTimeout {
 			continue
 		}
-		if err := c.backend.DestroyKey(ctx, hsmKeyID(r.ID, 1)); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+		if hk := r.Versions[0].HSMKey; hk == "" {
+		} else if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 			errs = append(errs, fmt.Errorf("kmsadapter: rolling back the creation of %s: %w", r.ID, err))
 			continue
 		}
@@ -133,7 +134,9 @@ func (c *Client) rollbackCreating(ctx context.Context) error {
 func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
 	var hsmKeys []hsm.KeyID
 	for _, v := range r.Versions {
-		hsmKeys = append(hsmKeys, hsmKeyID(r.ID, v.N))
+		if v.HSMKey != "" {
+			hsmKeys = append(hsmKeys, v.HSMKey)
+		}
 	}
 	if r.Import != nil {
 		hsmKeys = append(hsmKeys, r.Import.WrappingKey)

@@ -69,7 +69,7 @@ func (c *Client) encrypt(ctx context.Context, r *keyRecord, alg types.Encryption
 		if max := rsaBits(r.Spec)/8 - 2*h.Size() - 2; len(pt) > max {
 			return nil, nil, validation("plaintext of %d bytes is too long for %s with %s: at most %d", len(pt), r.Spec, alg, max)
 		}
-		ct, err := c.backend.EncryptOAEP(ctx, hsmKeyID(r.ID, 1), h, pt)
+		ct, err := c.backend.EncryptOAEP(ctx, r.current().HSMKey, h, pt)
 		if err != nil {
 			return nil, nil, backendErr(err, "RSA encryption")
 		}
@@ -78,7 +78,7 @@ func (c *Client) encrypt(ctx context.Context, r *keyRecord, alg types.Encryption
 	v := r.current()
 	uuid, _ := parseUUID(r.ID)
 	hdr := blobHeader{keyID: uuid, version: uint32(v.N)}.marshal()[:blobHeaderLen-len(blobHeader{}.iv)]
-	ct, iv, err := c.backend.EncryptGCM(ctx, hsmKeyID(r.ID, v.N), nil, pt, blobAAD(hdr, ec))
+	ct, iv, err := c.backend.EncryptGCM(ctx, v.HSMKey, nil, pt, blobAAD(hdr, ec))
 	if err != nil {
 		return nil, nil, backendErr(err, "encryption")
 	}
@@ -119,7 +119,7 @@ func (c *Client) decrypt(ctx context.Context, blob []byte, keyID *string, alg ty
 			return nil, nil, nil, "", validation("encryption context is not supported with asymmetric keys")
 		}
 		h, _ := oaepHash(alg)
-		pt, err := c.backend.DecryptOAEP(ctx, hsmKeyID(want.ID, 1), h, blob)
+		pt, err := c.backend.DecryptOAEP(ctx, want.current().HSMKey, h, blob)
 		if err != nil {
 			return nil, nil, nil, "", backendErr(err, "RSA decryption")
 		}
@@ -157,7 +157,7 @@ func (c *Client) decrypt(ctx context.Context, blob []byte, keyID *string, alg ty
 		return nil, nil, nil, "", invalidCiphertext("the ciphertext refers to a key version that does not exist")
 	}
 	hdr := blob[:blobHeaderLen-len(h.iv)]
-	pt, err := c.backend.DecryptGCM(ctx, hsmKeyID(r.ID, v.N), h.iv[:], ct, blobAAD(hdr, ec))
+	pt, err := c.backend.DecryptGCM(ctx, v.HSMKey, h.iv[:], ct, blobAAD(hdr, ec))
 	if err != nil {
 		return nil, nil, nil, "", backendErr(err, "decryption")
 	}

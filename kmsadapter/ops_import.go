@@ -206,12 +206,9 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 			return nil, expiredImportToken("the import token expired at %s", imp.ValidTo.Format(time.RFC3339))
 		}
 		w, _ := wrappingFor(imp.Algorithm)
-		target := hsmKeyID(id, 1)
+		// A fresh HSM key every time: IDs are never reused.
+		target := freshHSMKeyID(string(hsmKeyID(id, 1)))
 		present := r.current().Present
-		if present {
-			target = hsm.KeyID(string(target) + ".reimport")
-			_ = c.backend.DestroyKey(ctx, target) // a leftover of a crash, if any
-		}
 		spec := keySpecs[r.Spec].hsm
 		_, err = c.backend.UnwrapKey(ctx, hsm.UnwrapRequest{
 			WrappingKey: imp.WrappingKey, Wrapping: w, Wrapped: in.EncryptedKeyMaterial,
@@ -228,10 +225,8 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 			err = incorrectKeyMaterial("the key material is not the material imported into %s before", c.keyARN(r.ID))
 		}
 		if present || err != nil {
+			// The check copy of material already present, or refused material.
 			_ = c.backend.DestroyKey(context.WithoutCancel(ctx), target)
-			if present && err == nil {
-				target = hsmKeyID(id, 1)
-			}
 		}
 		if err != nil {
 			return nil, backendErr(err, "checking key material")
@@ -248,6 +243,9 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 				return invalidImportToken("the import token is not valid for %s", c.keyARN(r.ID))
 			}
 			v := r.current()
+			if !present {
+				v.HSMKey = target
+			}
 			v.Present, v.Check = true, check
 			v.MaterialID = hex.EncodeToString(check)
 			r.Import = nil
@@ -306,11 +304,21 @@ func (c *Client) DeleteImportedKeyMaterial(ctx context.Context, in *kms.DeleteIm
 // (a crash in between leaves a record that names missing material, which
 // decrypts nothing and is corrected by the next delete or expiry).
 func (c *Client) deleteMaterial(ctx context.Context, id string) error {
-	if err := c.backend.DestroyKey(ctx, hsmKeyID(id, 1)); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-		return backendErr(err, "deleting key material")
+	r, err := c.getKey(ctx, id)
+	if err != nil {
+		return err
 	}
-	_, err := c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
-		r.current().Present = false
+	hk := r.current().HSMKey
+	if hk != "" {
+		if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			return backendErr(err, "deleting key material")
+		}
+	}
+	_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		if r.current().HSMKey != hk {
+			return nil // imported again meanwhile
+		}
+		r.current().Present, r.current().HSMKey = false, ""
 		r.ValidTo = nil
 		if r.State == types.KeyStateEnabled || r.State == types.KeyStateDisabled {
 			r.State = types.KeyStatePendingImport

@@ -180,6 +180,9 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		Description: desc, Created: now, Policy: policy, Tags: tags,
 		Versions: []versionRecord{{N: 1, Created: now, MaterialID: randomMaterialID(), Present: origin == types.OriginTypeAwsKms}},
 	}
+	if origin == types.OriginTypeAwsKms {
+		r.Versions[0].HSMKey = hsmKeyID(r.ID, 1)
+	}
 	if origin == types.OriginTypeExternal {
 		r.Versions[0].MaterialID = ""
 	}
@@ -202,7 +205,7 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 	}
 	// Step 2: the key on the HSMs.
 	if origin == types.OriginTypeAwsKms {
-		_, err := c.backend.GenerateKey(ctx, hsmKeyID(r.ID, 1), si.hsm, hsm.KeyOptions{Usage: hsmUsage(usage), Extractable: true})
+		_, err := c.backend.GenerateKey(ctx, r.Versions[0].HSMKey, si.hsm, hsm.KeyOptions{Usage: hsmUsage(usage), Extractable: true})
 		if err != nil {
 			c.abandonCreate(r.ID)
 			return nil, backendErr(err, "creating the key")

@@ -140,7 +140,8 @@ func (c *Client) RotateKeyOnDemand(ctx context.Context, in *kms.RotateKeyOnDeman
 
 // rotate adds a key version: the HSM key first, then the record. A crash
 // in between leaves an HSM key no record names; the next rotation of the
-// key destroys it and makes it anew.
+// key finds the name taken and uses a fresh one. (On a cluster, the
+// catalog's re-sync removes such leftovers.)
 func (c *Client) rotate(ctx context.Context, id string, typ types.RotationType) (*keyRecord, error) {
 	c.rotateMu.Lock()
 	defer c.rotateMu.Unlock()
@@ -159,10 +160,11 @@ func (c *Client) rotate(ctx context.Context, id string, typ types.RotationType) 
 	opts := hsm.KeyOptions{Usage: hsm.UsageEncrypt, Extractable: true}
 	_, err = c.backend.GenerateKey(ctx, hk, hsm.AES256, opts)
 	if errors.Is(err, hsm.ErrKeyExists) {
-		c.log.Warn("destroying an HSM key left by an unfinished rotation", "hsmKey", hk)
-		if err = c.backend.DestroyKey(ctx, hk); err == nil {
-			_, err = c.backend.GenerateKey(ctx, hk, hsm.AES256, opts)
-		}
+		// Left by an unfinished rotation (or destroyed, and IDs are never
+		// reused): take a fresh name.
+		c.log.Warn("an HSM key of this name exists; using a fresh one", "hsmKey", hk)
+		hk = freshHSMKeyID(string(hk))
+		_, err = c.backend.GenerateKey(ctx, hk, hsm.AES256, opts)
 	}
 	if err != nil {
 		return nil, backendErr(err, "rotating the key")
@@ -172,7 +174,7 @@ func (c *Client) rotate(ctx context.Context, id string, typ types.RotationType) 
 		if len(r.Versions)+1 != n {
 			return &apiErr{&types.ConflictException{Message: msg("the key was rotated concurrently")}, 400}
 		}
-		r.Versions = append(r.Versions, versionRecord{N: n, Created: now, Type: typ, MaterialID: randomMaterialID(), Present: true})
+		r.Versions = append(r.Versions, versionRecord{N: n, Created: now, Type: typ, MaterialID: randomMaterialID(), Present: true, HSMKey: hk})
 		switch typ {
 		case types.RotationTypeAutomatic:
 			next := now.Add(time.Duration(r.Rotation.PeriodDays) * 24 * time.Hour)

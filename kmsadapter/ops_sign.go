@@ -71,7 +71,7 @@ func (c *Client) Sign(ctx context.Context, in *kms.SignInput, _ ...func(*kms.Opt
 			return nil, err
 		}
 		_, h, _ := signingAlgorithm(in.SigningAlgorithm)
-		sig, err := c.backend.Sign(ctx, hsmKeyID(r.ID, 1), sc, h, digest)
+		sig, err := c.backend.Sign(ctx, r.current().HSMKey, sc, h, digest)
 		if err != nil {
 			return nil, backendErr(err, "signing")
 		}
@@ -98,7 +98,7 @@ func (c *Client) Verify(ctx context.Context, in *kms.VerifyInput, _ ...func(*kms
 			return nil, err
 		}
 		_, h, _ := signingAlgorithm(in.SigningAlgorithm)
-		if err := c.backend.Verify(ctx, hsmKeyID(r.ID, 1), sc, h, digest, in.Signature); err != nil {
+		if err := c.backend.Verify(ctx, r.current().HSMKey, sc, h, digest, in.Signature); err != nil {
 			return nil, backendErr(err, "verifying")
 		}
 		return &kms.VerifyOutput{KeyId: ptr(c.keyARN(r.ID)), SignatureValid: true, SigningAlgorithm: in.SigningAlgorithm}, nil
@@ -123,7 +123,7 @@ func (c *Client) GetPublicKey(ctx context.Context, in *kms.GetPublicKeyInput, _ 
 		if !isRSA(r.Spec) && len(keySpecs[r.Spec].sign) == 0 {
 			return nil, unsupported("%s is not an asymmetric key; it has no public key.", c.keyARN(r.ID))
 		}
-		der, err := c.backend.PublicKey(ctx, hsmKeyID(r.ID, 1))
+		der, err := c.backend.PublicKey(ctx, r.current().HSMKey)
 		if err != nil {
 			return nil, backendErr(err, "reading the public key")
 		}
@@ -171,7 +171,7 @@ func (c *Client) GenerateMac(ctx context.Context, in *kms.GenerateMacInput, _ ..
 		if err := dryRun(in.DryRun); err != nil {
 			return nil, err
 		}
-		mac, err := c.backend.MAC(ctx, hsmKeyID(r.ID, 1), macHash(in.MacAlgorithm), in.Message)
+		mac, err := c.backend.MAC(ctx, r.current().HSMKey, macHash(in.MacAlgorithm), in.Message)
 		if err != nil {
 			return nil, backendErr(err, "computing the MAC")
 		}
@@ -197,7 +197,7 @@ func (c *Client) VerifyMac(ctx context.Context, in *kms.VerifyMacInput, _ ...fun
 		if err := dryRun(in.DryRun); err != nil {
 			return nil, err
 		}
-		err = c.backend.VerifyMAC(ctx, hsmKeyID(r.ID, 1), macHash(in.MacAlgorithm), in.Message, in.Mac)
+		err = c.backend.VerifyMAC(ctx, r.current().HSMKey, macHash(in.MacAlgorithm), in.Message, in.Mac)
 		if err != nil {
 			if isVerifyErr(err) {
 				return nil, invalidMac()

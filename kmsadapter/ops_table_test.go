@@ -482,7 +482,10 @@ func TestOperationTable(t *testing.T) {
 		}},
 
 		// GenerateRandom
-		{"GenerateRandom/1", ok, func() error { _, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(1)}); return err }},
+		{"GenerateRandom/1", ok, func() error {
+			_, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(1)})
+			return err
+		}},
 		{"GenerateRandom/1024", ok, func() error {
 			out, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(1024)})
 			if err == nil && len(out.Plaintext) != 1024 {
@@ -490,8 +493,14 @@ func TestOperationTable(t *testing.T) {
 			}
 			return err
 		}},
-		{"GenerateRandom/0", Validation, func() error { _, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(0)}); return err }},
-		{"GenerateRandom/1025", Validation, func() error { _, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(1025)}); return err }},
+		{"GenerateRandom/0", Validation, func() error {
+			_, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(0)})
+			return err
+		}},
+		{"GenerateRandom/1025", Validation, func() error {
+			_, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(1025)})
+			return err
+		}},
 		{"GenerateRandom/no length", Validation, func() error { _, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{}); return err }},
 		{"GenerateRandom/custom key store", Unsupported, func() error {
 			_, err := c.GenerateRandom(bg, &kms.GenerateRandomInput{NumberOfBytes: i32(8), CustomKeyStoreId: str("cks-1")})
@@ -528,8 +537,14 @@ func TestOperationTable(t *testing.T) {
 			return err
 		}},
 		{"CreateKey/multi-Region", Unsupported, func() error { _, err := c.CreateKey(bg, &kms.CreateKeyInput{MultiRegion: ptrBool(true)}); return err }},
-		{"CreateKey/custom key store", Unsupported, func() error { _, err := c.CreateKey(bg, &kms.CreateKeyInput{CustomKeyStoreId: str("cks-1")}); return err }},
-		{"CreateKey/origin AWS_CLOUDHSM", Unsupported, func() error { _, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm}); return err }},
+		{"CreateKey/custom key store", Unsupported, func() error {
+			_, err := c.CreateKey(bg, &kms.CreateKeyInput{CustomKeyStoreId: str("cks-1")})
+			return err
+		}},
+		{"CreateKey/origin AWS_CLOUDHSM", Unsupported, func() error {
+			_, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm})
+			return err
+		}},
 		{"CreateKey/external RSA", Unsupported, func() error {
 			_, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecRsa2048, KeyUsage: SignV})
 			return err
@@ -607,7 +622,10 @@ func TestOperationTable(t *testing.T) {
 			_, err := c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(symDel)})
 			return err
 		}},
-		{"CancelKeyDeletion/not pending", InvalidState, func() error { _, err := c.CancelKeyDeletion(bg, &kms.CancelKeyDeletionInput{KeyId: str(symMut)}); return err }},
+		{"CancelKeyDeletion/not pending", InvalidState, func() error {
+			_, err := c.CancelKeyDeletion(bg, &kms.CancelKeyDeletionInput{KeyId: str(symMut)})
+			return err
+		}},
 		{"ScheduleKeyDeletion/default 30 days", ok, func() error {
 			out, err := c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(symMut)})
 			if err == nil && (*out.PendingWindowInDays != 30 || !out.DeletionDate.Equal(e.clock.Now().Add(30*24*3600e9))) {
@@ -679,8 +697,14 @@ func TestOperationTable(t *testing.T) {
 		}},
 		{"ListAliases/of an unknown key", NotFound, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{KeyId: str(missingKey)}); return err }},
 		{"ListAliases/Limit 101", Validation, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{Limit: i32(1001)}); return err }},
-		{"DeleteAlias/ok", ok, func() error { _, err := c.DeleteAlias(bg, &kms.DeleteAliasInput{AliasName: str("alias/app/one")}); return err }},
-		{"DeleteAlias/unknown", NotFound, func() error { _, err := c.DeleteAlias(bg, &kms.DeleteAliasInput{AliasName: str("alias/app/one")}); return err }},
+		{"DeleteAlias/ok", ok, func() error {
+			_, err := c.DeleteAlias(bg, &kms.DeleteAliasInput{AliasName: str("alias/app/one")})
+			return err
+		}},
+		{"DeleteAlias/unknown", NotFound, func() error {
+			_, err := c.DeleteAlias(bg, &kms.DeleteAliasInput{AliasName: str("alias/app/one")})
+			return err
+		}},
 
 		// Tags
 		{"TagResource/ok", ok, func() error {
@@ -691,12 +715,18 @@ func TestOperationTable(t *testing.T) {
 			_, err := c.TagResource(bg, &kms.TagResourceInput{KeyId: str(symMut), Tags: []types.Tag{{TagKey: str("aws:cost"), TagValue: str("1")}}})
 			return err
 		}},
-		{"TagResource/too many", Limit, func() error { _, err := c.TagResource(bg, &kms.TagResourceInput{KeyId: str(symMut), Tags: fortyNineTags}); return err }},
+		{"TagResource/too many", Limit, func() error {
+			_, err := c.TagResource(bg, &kms.TagResourceInput{KeyId: str(symMut), Tags: fortyNineTags})
+			return err
+		}},
 		{"TagResource/pending deletion", InvalidState, func() error {
 			_, err := c.TagResource(bg, &kms.TagResourceInput{KeyId: str(symDel), Tags: []types.Tag{{TagKey: str("a"), TagValue: str("1")}}})
 			return err
 		}},
-		{"UntagResource/ok", ok, func() error { _, err := c.UntagResource(bg, &kms.UntagResourceInput{KeyId: str(symMut), TagKeys: []string{"b"}}); return err }},
+		{"UntagResource/ok", ok, func() error {
+			_, err := c.UntagResource(bg, &kms.UntagResourceInput{KeyId: str(symMut), TagKeys: []string{"b"}})
+			return err
+		}},
 		{"UntagResource/pending deletion", InvalidState, func() error {
 			_, err := c.UntagResource(bg, &kms.UntagResourceInput{KeyId: str(symDel), TagKeys: []string{"a"}})
 			return err
@@ -733,14 +763,38 @@ func TestOperationTable(t *testing.T) {
 			_, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(symMut), RotationPeriodInDays: i32(2561)})
 			return err
 		}},
-		{"EnableKeyRotation/RSA key", Unsupported, func() error { _, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(rsaEnc)}); return err }},
-		{"EnableKeyRotation/disabled", Disabled, func() error { _, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(symDis)}); return err }},
-		{"EnableKeyRotation/pending deletion", InvalidState, func() error { _, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(symDel)}); return err }},
-		{"DisableKeyRotation/ok", ok, func() error { _, err := c.DisableKeyRotation(bg, &kms.DisableKeyRotationInput{KeyId: str(symMut)}); return err }},
-		{"GetKeyRotationStatus/HMAC key", Unsupported, func() error { _, err := c.GetKeyRotationStatus(bg, &kms.GetKeyRotationStatusInput{KeyId: str(hmac)}); return err }},
-		{"RotateKeyOnDemand/ok", ok, func() error { _, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(symMut)}); return err }},
-		{"RotateKeyOnDemand/RSA key", Unsupported, func() error { _, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(rsaEnc)}); return err }},
-		{"RotateKeyOnDemand/disabled", Disabled, func() error { _, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(symDis)}); return err }},
+		{"EnableKeyRotation/RSA key", Unsupported, func() error {
+			_, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(rsaEnc)})
+			return err
+		}},
+		{"EnableKeyRotation/disabled", Disabled, func() error {
+			_, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(symDis)})
+			return err
+		}},
+		{"EnableKeyRotation/pending deletion", InvalidState, func() error {
+			_, err := c.EnableKeyRotation(bg, &kms.EnableKeyRotationInput{KeyId: str(symDel)})
+			return err
+		}},
+		{"DisableKeyRotation/ok", ok, func() error {
+			_, err := c.DisableKeyRotation(bg, &kms.DisableKeyRotationInput{KeyId: str(symMut)})
+			return err
+		}},
+		{"GetKeyRotationStatus/HMAC key", Unsupported, func() error {
+			_, err := c.GetKeyRotationStatus(bg, &kms.GetKeyRotationStatusInput{KeyId: str(hmac)})
+			return err
+		}},
+		{"RotateKeyOnDemand/ok", ok, func() error {
+			_, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(symMut)})
+			return err
+		}},
+		{"RotateKeyOnDemand/RSA key", Unsupported, func() error {
+			_, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(rsaEnc)})
+			return err
+		}},
+		{"RotateKeyOnDemand/disabled", Disabled, func() error {
+			_, err := c.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(symDis)})
+			return err
+		}},
 		{"ListKeyRotations/ok", ok, func() error {
 			out, err := c.ListKeyRotations(bg, &kms.ListKeyRotationsInput{KeyId: str(symMut)})
 			if err == nil && (len(out.Rotations) != 1 || out.Rotations[0].RotationType != types.RotationTypeOnDemand) {
@@ -748,7 +802,10 @@ func TestOperationTable(t *testing.T) {
 			}
 			return err
 		}},
-		{"ListKeyRotations/HMAC key", Unsupported, func() error { _, err := c.ListKeyRotations(bg, &kms.ListKeyRotationsInput{KeyId: str(hmac)}); return err }},
+		{"ListKeyRotations/HMAC key", Unsupported, func() error {
+			_, err := c.ListKeyRotations(bg, &kms.ListKeyRotationsInput{KeyId: str(hmac)})
+			return err
+		}},
 
 		// Key policies
 		{"GetKeyPolicy/default", ok, func() error {
@@ -785,7 +842,10 @@ func TestOperationTable(t *testing.T) {
 			}
 			return err
 		}},
-		{"ListKeyPolicies/unknown key", NotFound, func() error { _, err := c.ListKeyPolicies(bg, &kms.ListKeyPoliciesInput{KeyId: str(missingKey)}); return err }},
+		{"ListKeyPolicies/unknown key", NotFound, func() error {
+			_, err := c.ListKeyPolicies(bg, &kms.ListKeyPoliciesInput{KeyId: str(missingKey)})
+			return err
+		}},
 
 		// Import
 		{"GetParametersForImport/not an external key", Unsupported, func() error {

@@ -58,10 +58,14 @@ type rotationRecord struct {
 }
 
 type versionRecord struct {
-	N          int              `json:"n"`
-	Created    time.Time        `json:"created"`
+	N          int                `json:"n"`
+	Created    time.Time          `json:"created"`
 	Type       types.RotationType `json:"type,omitempty"` // "" for the first version
-	MaterialID string           `json:"materialId"`
+	MaterialID string             `json:"materialId"`
+	// HSMKey is the HSM key that holds the material; "" while there is
+	// none. HSM key IDs are never reused: a re-import or a retried
+	// rotation gets a fresh one.
+	HSMKey hsm.KeyID `json:"hsmKey,omitempty"`
 	// Present: the key material exists on the HSMs. False for an imported
 	// key before ImportKeyMaterial and after its material was deleted or
 	// expired.
@@ -73,11 +77,11 @@ type versionRecord struct {
 }
 
 type importRecord struct {
-	N            int                 `json:"n"`
-	WrappingKey  hsm.KeyID           `json:"wrappingKey"`
-	Algorithm    types.AlgorithmSpec `json:"algorithm"`
-	Token        []byte              `json:"token"`
-	ValidTo      time.Time           `json:"validTo"`
+	N           int                 `json:"n"`
+	WrappingKey hsm.KeyID           `json:"wrappingKey"`
+	Algorithm   types.AlgorithmSpec `json:"algorithm"`
+	Token       []byte              `json:"token"`
+	ValidTo     time.Time           `json:"validTo"`
 }
 
 type aliasRecord struct {
