@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 
+	"github.com/hsmkms/hsmkms/cluster"
 	"github.com/hsmkms/hsmkms/hsm"
 )
 
@@ -31,4 +32,7 @@ type Backend interface {
 	UnwrapKey(ctx context.Context, req hsm.UnwrapRequest) (hsm.KeyInfo, error)
 }
 
-var _ Backend = (*hsm.Token)(nil)
+var (
+	_ Backend = (*hsm.Token)(nil)
+	_ Backend = (*cluster.Cluster)(nil)
+)

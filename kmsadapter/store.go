@@ -53,9 +53,10 @@ const (
 	bucketAliases    = "aliases"    // alias name -> aliasRecord
 	bucketTombstones = "tombstones" // HSM key ID -> tombstone of a destroyed key
 	bucketMeta       = "meta"       // store-wide records
+	bucketCatalog    = "catalog"    // HSM key ID -> cluster.KeyRecord (see Catalog)
 )
 
-var buckets = []string{bucketKeys, bucketAliases, bucketTombstones, bucketMeta}
+var buckets = []string{bucketKeys, bucketAliases, bucketTombstones, bucketMeta, bucketCatalog}
 
 // memoryStore is a Store in memory, for tests.
 type memoryStore struct {
