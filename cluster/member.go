@@ -100,6 +100,7 @@ type member struct {
 	fails    atomic.Int64 // consecutive member faults
 	inflight atomic.Int64
 	latency  atomic.Uint64 // math.Float64bits of an EWMA of ln(latency in ns); 0 unknown
+	wasSlow  atomic.Bool   // lost a routing choice for being slow since its last sample
 	served   atomic.Int64  // successful calls
 }
 
@@ -151,7 +152,9 @@ func (m *member) observeLatency(d time.Duration) {
 	for {
 		old := m.latency.Load()
 		v := l
-		if old != 0 {
+		if old != 0 && !m.wasSlow.Load() {
+			// A member that was kept out for being slow is measured
+			// afresh by its exploratory call; others move smoothly.
 			v = 0.7*math.Float64frombits(old) + 0.3*l
 		}
 		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
@@ -183,15 +186,16 @@ func (m *member) decayLatency(fastest float64) {
 		if old == 0 {
 			return
 		}
-		v := fastest + (math.Float64frombits(old)-fastest)*0.998
+		v := fastest + (math.Float64frombits(old)-fastest)*0.995
 		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
+			m.wasSlow.Store(true)
 			return
 		}
 	}
 }
 
-// slowFactor is how many times slower than the fastest candidate m is, or
-// 1 when it is within slowThreshold of it or unknown.
+// slowFactor is the square of how many times slower than the fastest
+// candidate m is, or 1 when it is within slowThreshold of it or unknown.
 func (c *Cluster) slowFactor(m *member, fastest float64, known bool) float64 {
 	if !c.cfg.LatencyAware || !known {
 		return 1
@@ -201,14 +205,21 @@ func (c *Cluster) slowFactor(m *member, fastest float64, known bool) float64 {
 		return 1
 	}
 	if f := math.Exp(l - fastest); f > slowThreshold {
-		return f
+		// Squared: a slow member hurts the tail more than its average
+		// says, so it loses even to members with several calls in flight.
+		return f * f
+	}
+	if m.wasSlow.Load() && m.inflight.Load() > 0 {
+		// A member that was slow gets one call at a time until a fresh
+		// sample says how it is now.
+		return slowThreshold * slowThreshold
 	}
 	return 1
 }
 
 // slowThreshold: members within this factor of the fastest count as
 // equally fast, so that noise does not skew the spread.
-const slowThreshold = 4
+const slowThreshold = 2
 
 func (c *Cluster) newBreaker(m *member) *breaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -366,7 +377,14 @@ func (c *Cluster) pick(id hsm.KeyID, tried []bool) *member {
 	}
 	a := c.drawWeighted(list, nil)
 	b := c.drawWeighted(list, a)
-	if c.score(b, fastest, known) < c.score(a, fastest, known) {
+	// b wins only when clearly less loaded: one call more or less in
+	// flight is noise between equal members, and chasing it skews the
+	// spread.
+	margin := 1.5
+	if c.slowFactor(a, fastest, known) > 1 || c.slowFactor(b, fastest, known) > 1 {
+		margin = 1 // a slow member gets no benefit of the doubt
+	}
+	if c.score(b, fastest, known)*margin < c.score(a, fastest, known) {
 		a, b = b, a
 	}
 	if c.slowFactor(b, fastest, known) > 1 {
