@@ -43,7 +43,14 @@ type MemberConfig struct {
 	Role Role
 	// Weight scales the member's share of the load; 0 means 1.
 	Weight int
+	// Replicas declares a member that replicates by itself: several HSMs
+	// behind one PKCS#11 module, such as an AWS CloudHSM cluster, which
+	// copies every key to its HSMs before the call returns. A key on such
+	// a member counts Replicas times toward the write quorum. 0 means 1.
+	Replicas int
 }
+
+func (m MemberConfig) replicas() int { return max(m.Replicas, 1) }
 
 // Config is the cluster's configuration: a plain value that New copies
 // and never writes into.
@@ -52,6 +59,7 @@ type Config struct {
 	// WriteQuorum is how many members must hold a new key before creation
 	// succeeds. 0 means the default: every member that is healthy when the
 	// call starts, and at least 2 when the cluster has 2 or more members.
+	// A member with Replicas counts that many times.
 	WriteQuorum int
 	// ProbeInterval is how often every member is probed.
 	ProbeInterval time.Duration
@@ -123,6 +131,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("no members"))
 	}
 	names := map[string]bool{}
+	copies := 0
 	for i, m := range c.Members {
 		switch {
 		case m.Name == "":
@@ -137,12 +146,13 @@ func (c Config) Validate() error {
 		if m.Role != Active && m.Role != Standby {
 			errs = append(errs, fmt.Errorf("member %q: unknown role %d", m.Name, int(m.Role)))
 		}
-		if m.Weight < 0 {
-			errs = append(errs, fmt.Errorf("member %q: weight %d is negative", m.Name, m.Weight))
+		if m.Weight < 0 || m.Replicas < 0 {
+			errs = append(errs, fmt.Errorf("member %q: weight %d or replicas %d is negative", m.Name, m.Weight, m.Replicas))
 		}
+		copies += m.replicas()
 	}
-	if c.WriteQuorum < 0 || c.WriteQuorum > len(c.Members) {
-		errs = append(errs, fmt.Errorf("WriteQuorum is %d, want 0 to %d", c.WriteQuorum, len(c.Members)))
+	if c.WriteQuorum < 0 || c.WriteQuorum > copies {
+		errs = append(errs, fmt.Errorf("WriteQuorum is %d, want 0 to %d", c.WriteQuorum, copies))
 	}
 	positive := []struct {
 		name string

@@ -166,3 +166,33 @@ func TestBoltCatalogSurvivesAClusterRestart(t *testing.T) {
 		t.Fatalf("coverage %+v %v", cv, err)
 	}
 }
+
+func TestSelfReplicatingMemberCountsForQuorum(t *testing.T) {
+	// One member declared as a CloudHSM-like cluster of 2 HSMs: with the
+	// other member down, a key on it alone meets a quorum of 2.
+	e := newEnv(t, 2, func(c *Config) { c.Members[0].Replicas = 2; c.WriteQuorum = 2 })
+	ctx := context.Background()
+	if err := e.sh.Members[1].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	e.check()
+	if _, err := e.c.GenerateKey(ctx, "on-cloudhsm", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sh.Members[1].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	e.check()
+	if err := e.sh.Members[0].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	e.check()
+	// m1 alone stands for one copy: not enough.
+	if _, err := e.c.GenerateKey(ctx, "on-softhsm", hsm.AES256, hsm.KeyOptions{}); !errors.Is(err, ErrQuorum) {
+		t.Fatalf("got %v, want ErrQuorum", err)
+	}
+	// m1 got the first key when it came back.
+	if _, _, err := e.c.EncryptGCM(ctx, "on-cloudhsm", nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}

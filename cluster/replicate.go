@@ -13,7 +13,7 @@ import (
 
 // writeTargets returns the members a new key goes to: every member that
 // is healthy or degraded and has its key-encryption key, in routing
-// preference order, and how many of them are healthy.
+// preference order, and how many copies the healthy ones stand for.
 func (c *Cluster) writeTargets() (targets []*member, healthy int) {
 	tried := make([]bool, len(c.members))
 	for {
@@ -28,18 +28,27 @@ func (c *Cluster) writeTargets() (targets []*member, healthy int) {
 		}
 		targets = append(targets, m)
 		if st == Healthy {
-			healthy++
+			healthy += m.cfg.replicas()
 		}
 	}
 	return targets, healthy
 }
 
-// quorum is how many members must hold a new key.
+// quorum is how many copies a new key needs.
 func (c *Cluster) quorum(healthy int) int {
 	if c.cfg.WriteQuorum > 0 {
 		return c.cfg.WriteQuorum
 	}
-	return max(healthy, min(2, len(c.members)))
+	return max(healthy, min(2, copies(c.members)))
+}
+
+// copies counts the key copies members stand for (see Replicas).
+func copies(ms []*member) int {
+	n := 0
+	for _, m := range ms {
+		n += m.cfg.replicas()
+	}
+	return n
 }
 
 // downErrors lists why the members outside targets cannot take a key.
@@ -114,7 +123,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	}
 	targets, healthy := c.writeTargets()
 	q := c.quorum(healthy)
-	if len(targets) < q {
+	if copies(targets) < q {
 		return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: c.downErrors(targets)}
 	}
 
@@ -164,7 +173,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	}
 	attempts = append(attempts, errs...)
 	holders := append([]*member{origin}, done...)
-	if len(holders) >= q {
+	if copies(holders) >= q {
 		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now()}
 		if _, err = c.catalog.Create(ctx, rec); err == nil {
 			for _, m := range holders {
