@@ -12,6 +12,7 @@ import (
 
 	"github.com/hsmkms/hsmkms/hsm"
 	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -234,4 +235,19 @@ func callerErrors(c *Cluster, member string) float64 {
 		total += testutil.ToFloat64(c.metrics.errs.WithLabelValues(member, op, "caller"))
 	}
 	return total
+}
+
+func testutilCount(c prometheus.Counter) float64 { return testutil.ToFloat64(c) }
+
+// waitFor waits, without sleeping, until cond holds; it fails the test
+// after a minute.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within a minute")
+		}
+		runtime.Gosched()
+	}
 }
