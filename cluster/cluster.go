@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"io"
 	"log/slog"
@@ -244,6 +245,12 @@ func (c *Cluster) probe(ctx context.Context, m *member) {
 		m.fails.Store(0)
 		c.casState(m, Degraded, Healthy, "probe succeeded")
 	case hsm.ClassContext:
+		if ctx.Err() != nil {
+			return // the cluster is closing: not the member's fault
+		}
+		// Our own probe deadline passed: a stalled member.
+		err = fmt.Errorf("%w: probe: %w", hsm.ErrTimeout, err)
+		fallthrough
 	default:
 		c.metrics.probeFailures.WithLabelValues(m.name).Inc()
 		m.fails.Add(int64(c.cfg.DownAfter)) // a failed probe takes the member down

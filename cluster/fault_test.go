@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -666,5 +667,55 @@ func TestHedgedCallWinsOnSecondMember(t *testing.T) {
 	f.Release()
 	if n := e.served()[1] - before; n != 1 {
 		t.Fatal("the standby did not answer the hedged call")
+	}
+}
+
+func TestHungProbeTakesMemberDown(t *testing.T) {
+	e := newEnv(t, 2, func(c *Config) { c.ProbeTimeout = 200 * time.Millisecond })
+	f := e.sh.Members[0].Faults
+	f.Hang(hsm.OpProbe)
+	start := time.Now()
+	e.check()
+	if st := e.c.Members()[0]; st.State != Down || !strings.Contains(st.Reason, "timed out") {
+		t.Fatalf("m0 is %v (%s), want down after a hung probe", st.State, st.Reason)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the probe round took %v", d)
+	}
+	f.Release()
+}
+
+func TestRetryAfterFailedRollback(t *testing.T) {
+	e := newEnv(t, 2, nil)
+	ctx := context.Background()
+	// Both members fail the unwrap, whichever is the origin; then the
+	// origin fails the rollback, leaving a copy.
+	for _, m := range e.sh.Members {
+		m.Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31)
+		m.Faults.FailNext(hsm.OpDestroyKey, 1, 0x31)
+	}
+	if _, err := e.c.GenerateKey(ctx, "retry", hsm.AES256, hsm.KeyOptions{}); !errors.Is(err, ErrQuorum) {
+		t.Fatalf("got %v, want ErrQuorum", err)
+	}
+	var left int
+	for i := range 2 {
+		left += len(e.tokenKeys(i))
+	}
+	if left != 1 {
+		t.Fatalf("%d copies left, want the one whose destruction failed", left)
+	}
+	for _, m := range e.sh.Members {
+		m.Faults.FailNext(hsm.OpUnwrapKey, 0, 0)
+		m.Faults.FailNext(hsm.OpDestroyKey, 0, 0)
+	}
+	e.check()
+	// The retry clears the leftover first, and succeeds.
+	if _, err := e.c.GenerateKey(ctx, "retry", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if got := e.tokenKeys(i); !slices.Equal(got, []string{"retry"}) {
+			t.Fatalf("member %d holds %v", i, got)
+		}
 	}
 }

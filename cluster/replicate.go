@@ -123,6 +123,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	}
 	targets, healthy := c.writeTargets()
 	q := c.quorum(healthy)
+	c.clearSuspects(ctx, id, targets)
 	if copies(targets) < q {
 		return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: c.downErrors(targets)}
 	}
@@ -187,6 +188,28 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	// Roll back: no copy may stay anywhere.
 	c.rollback(ctx, id, holders)
 	return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
+}
+
+// clearSuspects destroys what failed creations of id may have left on
+// targets, so that a retry with the same ID can succeed.
+func (c *Cluster) clearSuspects(ctx context.Context, id hsm.KeyID, targets []*member) {
+	for _, m := range targets {
+		m.mu.RLock()
+		suspect := m.suspect[id]
+		m.mu.RUnlock()
+		if !suspect {
+			continue
+		}
+		_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
+			return struct{}{}, t.DestroyKey(ctx, id)
+		})
+		if err == nil || errors.Is(err, hsm.ErrKeyNotFound) {
+			m.mu.Lock()
+			delete(m.suspect, id)
+			delete(m.holds, id)
+			m.mu.Unlock()
+		}
+	}
 }
 
 // rollback destroys id on every member in holders. A copy that cannot be
