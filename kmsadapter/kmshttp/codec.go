@@ -28,17 +28,9 @@ func decodeInput(body []byte, in any) error {
 	if len(body) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	var doc any
-	if err := dec.Decode(&doc); err != nil {
+	doc, err := parseJSON(body)
+	if err != nil {
 		return serializationErr("the request body is not valid JSON: %v", err)
-	}
-	if dec.More() {
-		return serializationErr("the request body holds more than one JSON value")
-	}
-	if _, err := dec.Token(); err == nil {
-		return serializationErr("the request body holds more than one JSON value")
 	}
 	if _, ok := doc.(map[string]any); !ok {
 		return serializationErr("the request body must be a JSON object")

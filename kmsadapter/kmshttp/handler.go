@@ -250,6 +250,14 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *Error) {
 	if r.ContentLength > h.cfg.MaxBodyBytes {
 		return nil, validationErr("the request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, h.cfg.MaxBodyBytes)
 	}
+	if r.ContentLength > 0 {
+		// The usual case: read exactly the announced length, in one allocation.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, serializationErr("the request body could not be read")
+		}
+		return body, nil
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	if err != nil {
 		return nil, serializationErr("the request body could not be read")

@@ -68,10 +68,13 @@ type env struct {
 	clock   *fakeClock // the server's clock, for SigV4; nil: the system clock
 }
 
-func openToken(t testing.TB) *hsm.Token {
+func openToken(t testing.TB, encryptLatency time.Duration) *hsm.Token {
 	t.Helper()
 	cl := softhsmtest.New(t, 1)
 	m := cl.Members[0]
+	if encryptLatency > 0 {
+		m.Faults.SetLatency(hsm.OpEncrypt, encryptLatency)
+	}
 	tok, err := hsm.Open(context.Background(), m.Config(), hsm.WithInterceptor(m.Faults))
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, tok.Close()) })
@@ -80,6 +83,9 @@ func openToken(t testing.TB) *hsm.Token {
 
 type envOpt struct {
 	backend kmsadapter.Backend
+	// encryptLatency delays every encryption on the token, as a network
+	// HSM would.
+	encryptLatency time.Duration
 	clock   *fakeClock
 	cfg     *kmshttp.Config
 }
@@ -87,7 +93,7 @@ type envOpt struct {
 func newEnv(t testing.TB, o envOpt) *env {
 	t.Helper()
 	if o.backend == nil {
-		o.backend = openToken(t)
+		o.backend = openToken(t, o.encryptLatency)
 	}
 	a, err := kmsadapter.New(o.backend, kmsadapter.NewMemoryStore(), kmsadapter.DefaultConfig())
 	require.NoError(t, err)
