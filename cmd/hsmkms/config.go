@@ -146,7 +146,7 @@ func parseConfig(raw []byte) (serverConfig, error) {
 func (fc *fileConfig) resolve() (serverConfig, error) {
 	var errs []error
 	bad := func(field, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+		errs = append(errs, fmt.Errorf("%s: %s", field, strings.ReplaceAll(fmt.Sprintf(format, a...), "\n", "; ")))
 	}
 	sc := serverConfig{
 		Listen:          fc.Listen,
@@ -287,7 +287,7 @@ func (fc *fileConfig) resolve() (serverConfig, error) {
 func (m memberConfig) resolve(needSO bool) (cluster.MemberConfig, []error) {
 	var errs []error
 	bad := func(field, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+		errs = append(errs, fmt.Errorf("%s: %s", field, strings.ReplaceAll(fmt.Sprintf(format, a...), "\n", "; ")))
 	}
 	mc := cluster.MemberConfig{Name: m.Name, Weight: m.Weight}
 	if m.Name == "" {
