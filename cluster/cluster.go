@@ -92,6 +92,15 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 		wg.Go(func() { c.recover(ctx, m, false) })
 	}
 	wg.Wait()
+	// Members re-synced side by side at start could not copy from one
+	// another; a second pass fills what the first could not.
+	for _, m := range c.members {
+		if st, _, _ := m.snapshot(); st == Healthy && m.missed.Load() {
+			if _, err := c.repair(ctx, m); err != nil {
+				c.log.Warn("cluster: second re-sync at start failed", "member", m.name, "err", err)
+			}
+		}
+	}
 	c.loops.Go(c.loop)
 	return c, nil
 }

@@ -196,3 +196,31 @@ func TestSelfReplicatingMemberCountsForQuorum(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStartWithAMemberBehind(t *testing.T) {
+	// A key created while m1 was down, then the process restarts: the new
+	// cluster brings m1 up to date before serving, with no probe needed.
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	e.sh.Members[1].Faults.SetDown(true)
+	e.check()
+	if _, err := e.c.GenerateKey(ctx, "behind", hsm.ECP256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.sh.Members[1].Faults.SetDown(false)
+	c2, err := New(ctx, e.cfg, WithCatalog(e.c.catalog), WithClock(newFakeClock()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	cv, err := c2.Coverage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cv.UnderReplicated()) != 0 {
+		t.Fatalf("under-replicated at start: %+v", cv.UnderReplicated())
+	}
+	if !slices.Contains(e.tokenKeys(1), "behind") {
+		t.Fatal("m1 lacks the key")
+	}
+}

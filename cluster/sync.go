@@ -125,6 +125,7 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 			return st, ctx.Err()
 		}
 	}
+	m.missed.Store(len(copyErrs) > 0)
 	if len(copyErrs) > 0 {
 		// Copies can fail for want of a source; that is no reason to keep
 		// m out. A failing m is.
