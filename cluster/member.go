@@ -93,7 +93,7 @@ type member struct {
 	// Bootstrap or Join.
 	notJoined bool
 
-	missed    atomic.Bool // the last re-sync could not copy every key
+	missed atomic.Bool // the last re-sync could not copy every key
 
 	recoverMu sync.Mutex // one recovery at a time
 	syncMu    sync.Mutex // one re-sync at a time
