@@ -35,12 +35,12 @@ type fileConfig struct {
 	} `yaml:"cluster"`
 	Credentials []credentialConfig `yaml:"credentials"`
 	Limits      struct {
-		MaxBodyBytes    int64    `yaml:"max_body_bytes"`
-		ReadTimeout     duration `yaml:"read_timeout"`
-		WriteTimeout    duration `yaml:"write_timeout"`
-		IdleTimeout     duration `yaml:"idle_timeout"`
-		ShutdownTimeout duration `yaml:"shutdown_timeout"`
-		MaxSkew         duration `yaml:"max_skew"`
+		MaxBodyBytes    int64     `yaml:"max_body_bytes"`
+		ReadTimeout     duration  `yaml:"read_timeout"`
+		WriteTimeout    duration  `yaml:"write_timeout"`
+		IdleTimeout     duration  `yaml:"idle_timeout"`
+		ShutdownTimeout duration  `yaml:"shutdown_timeout"`
+		MaxSkew         duration  `yaml:"max_skew"`
 		KeyCacheTTL     *duration `yaml:"key_cache_ttl"`
 	} `yaml:"limits"`
 }
@@ -62,18 +62,18 @@ type memberConfig struct {
 	// Either a PKCS#11 URI...
 	URI string `yaml:"uri"`
 	// ... or the fields.
-	ModulePath  string `yaml:"module_path"`
-	TokenLabel  string `yaml:"token_label"`
-	TokenSerial string `yaml:"token_serial"`
-	Slot        *uint  `yaml:"slot"`
+	ModulePath   string `yaml:"module_path"`
+	TokenLabel   string `yaml:"token_label"`
+	TokenSerial  string `yaml:"token_serial"`
+	Slot         *uint  `yaml:"slot"`
 	secretFields `yaml:",inline"`
-	SOPINFile   string   `yaml:"so_pin_file"`
-	SOPINEnv    string   `yaml:"so_pin_env"`
-	SOPIN       string   `yaml:"so_pin"`
-	Role        string   `yaml:"role"`
-	Weight      int      `yaml:"weight"`
-	MaxSessions int      `yaml:"max_sessions"`
-	CallTimeout duration `yaml:"call_timeout"`
+	SOPINFile    string   `yaml:"so_pin_file"`
+	SOPINEnv     string   `yaml:"so_pin_env"`
+	SOPIN        string   `yaml:"so_pin"`
+	Role         string   `yaml:"role"`
+	Weight       int      `yaml:"weight"`
+	MaxSessions  int      `yaml:"max_sessions"`
+	CallTimeout  duration `yaml:"call_timeout"`
 }
 
 type secretFields struct {

@@ -305,9 +305,9 @@ func (h *Handler) authorize(ctx context.Context, p *Principal, c check) *Error {
 		return accessDenied("User: %s is not authorized to perform: %s on resource: %s because the key policy cannot be evaluated", p.ARN, c.action, k.arn)
 	}
 	keys := map[string][]string{
-		"kms:calleraccount":     {p.AccountID},
-		"aws:principalarn":      {p.ARN},
-		"aws:principalaccount":  {p.AccountID},
+		"kms:calleraccount":    {p.AccountID},
+		"aws:principalarn":     {p.ARN},
+		"aws:principalaccount": {p.AccountID},
 	}
 	for k, v := range c.keys {
 		keys[k] = v

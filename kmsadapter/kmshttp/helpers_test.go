@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -86,8 +87,8 @@ type envOpt struct {
 	// encryptLatency delays every encryption on the token, as a network
 	// HSM would.
 	encryptLatency time.Duration
-	clock   *fakeClock
-	cfg     *kmshttp.Config
+	clock          *fakeClock
+	cfg            *kmshttp.Config
 }
 
 func newEnv(t testing.TB, o envOpt) *env {
@@ -171,4 +172,25 @@ func do(t testing.TB, req *http.Request) *http.Response {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = resp.Body.Close() })
 	return resp
+}
+
+// exampleDir is a directory for examples, which have no testing.T; it is
+// removed when the examples are done by TestMain's cleanup.
+func exampleDir() string {
+	d, err := os.MkdirTemp("", "kmshttp-example-")
+	if err != nil {
+		panic(err)
+	}
+	exampleDirs = append(exampleDirs, d)
+	return d
+}
+
+var exampleDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range exampleDirs {
+		_ = os.RemoveAll(d)
+	}
+	os.Exit(code)
 }

@@ -113,7 +113,6 @@ func blobKeyID(blob []byte) *string {
 	return &id
 }
 
-
 var opTable = func() map[string]opSpec {
 	specs := []opSpec{
 		op(kmsadapter.API.Encrypt, func(in *kms.EncryptInput) []check {

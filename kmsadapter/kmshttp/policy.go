@@ -259,8 +259,8 @@ func conditionValues(raw json.RawMessage) ([]string, error) {
 // request is what a policy is evaluated against.
 type request struct {
 	principal *Principal
-	action    string // e.g. "kms:Encrypt"
-	resource  string // the key ARN
+	action    string              // e.g. "kms:Encrypt"
+	resource  string              // the key ARN
 	keys      map[string][]string // condition keys (lower case) present in the request
 }
 
@@ -268,9 +268,9 @@ type request struct {
 type decision int
 
 const (
-	implicitDeny decision = iota
-	allowed               // a statement allows the principal directly
-	allowedViaAccount     // a statement allows the principal's account: its IAM permissions decide
+	implicitDeny      decision = iota
+	allowed                    // a statement allows the principal directly
+	allowedViaAccount          // a statement allows the principal's account: its IAM permissions decide
 	explicitDeny
 )
 

@@ -29,7 +29,7 @@ func TestConditionSemantics(t *testing.T) {
 		{`{"StringEquals":{"kms:EncryptionContext:dept":"a"}}`, ec("dept", "b"), false},
 		{`{"StringEquals":{"kms:EncryptionContext:dept":"a"}}`, ec(), false},
 		{`{"StringEquals":{"kms:EncryptionContext:Dept":["x","a"]}}`, ec("dept", "a"), true}, // condition key names ignore case
-		{`{"StringEquals":{"kms:EncryptionContext:dept":"A"}}`, ec("dept", "a"), false},       // values do not
+		{`{"StringEquals":{"kms:EncryptionContext:dept":"A"}}`, ec("dept", "a"), false},      // values do not
 		{`{"StringEqualsIgnoreCase":{"kms:EncryptionContext:dept":"A"}}`, ec("dept", "a"), true},
 		{`{"StringNotEquals":{"kms:EncryptionContext:dept":"a"}}`, ec("dept", "b"), true},
 		{`{"StringNotEquals":{"kms:EncryptionContext:dept":"a"}}`, ec("dept", "a"), false},

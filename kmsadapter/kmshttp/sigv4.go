@@ -395,7 +395,9 @@ func (s *SigV4) expected(r *http.Request, a authHeader, cred *Credential, payloa
 
 // replayCache remembers signatures for at least ttl: two generations of
 // sharded maps, rotated every ttl, so a signature stays at least ttl and
-// at most 2*ttl. Memory is proportional to the requests of 2*ttl.
+// at most 2*ttl. Memory is proportional to the requests of 2*ttl: about
+// 40 bytes each, some 100 MB at 5,000 requests per second with the
+// default 5-minute skew (ttl 10 minutes).
 type replayCache struct {
 	ttl    time.Duration
 	shards [32]replayShard
@@ -403,20 +405,20 @@ type replayCache struct {
 
 type replayShard struct {
 	mu        sync.Mutex
-	cur, prev map[[sha256.Size]byte]struct{}
+	cur, prev map[[16]byte]struct{} // the first half of each signature: collisions are as unlikely as forging one
 	rotated   time.Time
 }
 
 func (c *replayCache) init(ttl time.Duration) {
 	c.ttl = ttl
 	for i := range c.shards {
-		c.shards[i].cur = map[[sha256.Size]byte]struct{}{}
+		c.shards[i].cur = map[[16]byte]struct{}{}
 	}
 }
 
 // add records sig and reports whether it was new.
 func (c *replayCache) add(sig []byte, now time.Time) bool {
-	var k [sha256.Size]byte
+	var k [16]byte
 	copy(k[:], sig)
 	sh := &c.shards[k[0]%byte(len(c.shards))]
 	sh.mu.Lock()
@@ -430,7 +432,7 @@ func (c *replayCache) add(sig []byte, now time.Time) bool {
 		} else {
 			sh.prev = sh.cur
 		}
-		sh.cur = map[[sha256.Size]byte]struct{}{}
+		sh.cur = map[[16]byte]struct{}{}
 		sh.rotated = now
 	}
 	if _, ok := sh.cur[k]; ok {
