@@ -24,6 +24,9 @@ const (
 	blobVersion1  = 0x01
 	blobHeaderLen = 1 + 16 + 4 + hsm.GCMIVSize
 	blobOverhead  = blobHeaderLen + hsm.GCMTagSize
+	// blobAuthLen is the part of the header that goes into the
+	// additional data; the IV is bound by GCM itself.
+	blobAuthLen = 1 + 16 + 4
 	// maxCiphertext is AWS's limit on CiphertextBlob.
 	maxCiphertext = 6144
 )
@@ -32,15 +35,6 @@ type blobHeader struct {
 	keyID   [16]byte
 	version uint32
 	iv      [hsm.GCMIVSize]byte
-}
-
-func (h blobHeader) marshal() []byte {
-	b := make([]byte, blobHeaderLen)
-	b[0] = blobVersion1
-	copy(b[1:17], h.keyID[:])
-	binary.BigEndian.PutUint32(b[17:21], h.version)
-	copy(b[21:], h.iv[:])
-	return b
 }
 
 var errBlob = errors.New("malformed ciphertext blob")
@@ -66,14 +60,25 @@ func parseBlob(b []byte) (blobHeader, []byte, error) {
 // preceded by its length, all lengths big-endian uint32. Two different
 // contexts never encode alike, and the order of a Go map plays no part.
 func encodeContext(ec map[string]string) []byte {
-	keys := make([]string, 0, len(ec))
+	return appendContext(make([]byte, 0, contextLen(ec)), ec)
+}
+
+func contextLen(ec map[string]string) int {
 	n := 4
 	for k, v := range ec {
-		keys = append(keys, k)
 		n += 8 + len(k) + len(v)
 	}
+	return n
+}
+
+// appendContext appends the encoding of ec to b.
+func appendContext(b []byte, ec map[string]string) []byte {
+	var buf [8]string
+	keys := buf[:0]
+	for k := range ec {
+		keys = append(keys, k)
+	}
 	slices.SortFunc(keys, strings.Compare)
-	b := make([]byte, 0, n)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(ec)))
 	for _, k := range keys {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(k)))
@@ -84,7 +89,9 @@ func encodeContext(ec map[string]string) []byte {
 	return b
 }
 
-// blobAAD is the additional data of a blob: header, then context.
+// blobAAD is the additional data of a blob: the authenticated header
+// (format version, key ID, key version), then the context.
 func blobAAD(header []byte, ec map[string]string) []byte {
-	return append(slices.Clip(header), encodeContext(ec)...)
+	b := make([]byte, 0, len(header)+contextLen(ec))
+	return appendContext(append(b, header...), ec)
 }

@@ -28,6 +28,11 @@ type Client struct {
 	log      *slog.Logger
 
 	cache       recordCache
+	hotMu       sync.RWMutex
+	hotKeys     map[string]*hotEntry // key ID -> *keyRecord
+	hotAliases  map[string]*hotEntry // alias name -> *aliasRecord
+	hotGen      atomic.Uint64        // bumped after every store update
+	arnPrefix   string               // "arn:<partition>:kms:<region>:<account>:"
 	tamperCount atomic.Int64
 	closed      atomic.Bool
 	rotateMu    sync.Mutex // one rotation at a time in this process
@@ -57,6 +62,8 @@ func New(backend Backend, store Store, cfg Config, opts ...Option) (*Client, err
 		f(&o)
 	}
 	c := &Client{backend: backend, store: store, cfg: cfg, clock: o.clock, log: o.logger}
+	c.hotKeys, c.hotAliases = map[string]*hotEntry{}, map[string]*hotEntry{}
+	c.arnPrefix = "arn:" + cfg.Partition + ":kms:" + cfg.Region + ":" + cfg.AccountID + ":"
 	if c.clock == nil {
 		c.clock = systemClock{}
 	}
@@ -199,9 +206,54 @@ func randomMaterialID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// hotEntry is a verified record served from memory for
+// Config.MetadataCacheTTL, valid only in the store generation it was read
+// in.
+type hotEntry struct {
+	val     any
+	gen     uint64
+	expires time.Time
+}
+
+// update runs a store transaction and then invalidates the hot cache.
+func (c *Client) update(ctx context.Context, fn func(Tx) error) error {
+	defer c.hotGen.Add(1)
+	return c.store.Update(ctx, fn)
+}
+
+func (c *Client) hotGet(m map[string]*hotEntry, k string) any {
+	if c.cfg.MetadataCacheTTL <= 0 {
+		return nil
+	}
+	c.hotMu.RLock()
+	e := m[k]
+	c.hotMu.RUnlock()
+	if e == nil || e.gen != c.hotGen.Load() || !time.Now().Before(e.expires) {
+		return nil
+	}
+	return e.val
+}
+
+func (c *Client) hotPut(m map[string]*hotEntry, k string, gen uint64, val any) {
+	if c.cfg.MetadataCacheTTL <= 0 {
+		return
+	}
+	e := &hotEntry{val: val, gen: gen, expires: time.Now().Add(c.cfg.MetadataCacheTTL)}
+	c.hotMu.Lock()
+	if len(m) > 2*c.cfg.MaxKeys { // bound memory: drop everything, refill on demand
+		clear(m)
+	}
+	m[k] = e
+	c.hotMu.Unlock()
+}
+
 // getKey loads and verifies the record of a key. A key that does not
 // exist, or is still being created, is NotFoundException.
 func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
+	if r, ok := c.hotGet(c.hotKeys, id).(*keyRecord); ok {
+		return r, nil
+	}
+	gen := c.hotGen.Load()
 	var raw []byte
 	err := c.store.View(ctx, func(tx Tx) error {
 		var err error
@@ -224,6 +276,7 @@ func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
 	if r.State == stateCreating {
 		return nil, notFound("Key '%s' does not exist", c.keyARN(id))
 	}
+	c.hotPut(c.hotKeys, id, gen, r)
 	return r, nil
 }
 
@@ -258,6 +311,10 @@ func (c *Client) resolve(ctx context.Context, s *string, forms idForms) (*keyRec
 }
 
 func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error) {
+	if a, ok := c.hotGet(c.hotAliases, name).(*aliasRecord); ok {
+		return a, nil
+	}
+	gen := c.hotGen.Load()
 	var raw []byte
 	err := c.store.View(ctx, func(tx Tx) error {
 		var err error
@@ -270,7 +327,12 @@ func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	return open[aliasRecord](ctx, c, bucketAliases, name, raw)
+	a, err := open[aliasRecord](ctx, c, bucketAliases, name, raw)
+	if err != nil {
+		return nil, err
+	}
+	c.hotPut(c.hotAliases, name, gen, a)
+	return a, nil
 }
 
 // updateKey changes a key's record in one store transaction: it reads and
@@ -278,7 +340,7 @@ func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error
 // and writes it back sealed. A key being created is NotFoundException.
 func (c *Client) updateKey(ctx context.Context, id string, fn func(tx Tx, r *keyRecord) error) (*keyRecord, error) {
 	var out *keyRecord
-	err := c.store.Update(ctx, func(tx Tx) error {
+	err := c.update(ctx, func(tx Tx) error {
 		raw, err := tx.Get(bucketKeys, id)
 		if errors.Is(err, ErrNoRecord) {
 			return notFound("Key '%s' does not exist", c.keyARN(id))
@@ -354,7 +416,7 @@ func (c *Client) notPendingDeletion(r *keyRecord) error {
 func (c *Client) metadata(r *keyRecord) *types.KeyMetadata {
 	m := &types.KeyMetadata{
 		KeyId:                 ptr(r.ID),
-		Arn:                   ptr(c.keyARN(r.ID)),
+		Arn:                   c.arnOf(r),
 		AWSAccountId:          ptr(c.cfg.AccountID),
 		CreationDate:          ptr(r.Created),
 		Enabled:               r.State == types.KeyStateEnabled,
@@ -387,6 +449,14 @@ func (c *Client) metadata(r *keyRecord) *types.KeyMetadata {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// arnOf returns a new pointer to r's key ARN.
+func (c *Client) arnOf(r *keyRecord) *string {
+	if r.arn != "" {
+		return ptr(r.arn)
+	}
+	return ptr(c.keyARN(r.ID))
+}
 
 func deref[T any](p *T) T {
 	if p == nil {

@@ -38,6 +38,14 @@ type Config struct {
 	// token stay valid: 24 hours at AWS.
 	ImportTokenTTL time.Duration
 
+	// MetadataCacheTTL is how long a verified key or alias record is
+	// served from memory on the cryptographic hot path. Changes made
+	// through this Client are seen at once; changes made by another
+	// process sharing the store, and tampering, within the TTL (AWS KMS
+	// too is eventually consistent about key state). 0 reads the store on
+	// every call.
+	MetadataCacheTTL time.Duration
+
 	// CreateTimeout is how old an unfinished CreateKey must be before New
 	// or Tick rolls it back. A creation younger than that may still be in
 	// progress in another process that shares the store.
@@ -57,6 +65,7 @@ func DefaultConfig() Config {
 		MaxOnDemandRotations: 25,
 		ImportTokenTTL:       24 * time.Hour,
 		CreateTimeout:        5 * time.Minute,
+		MetadataCacheTTL:     time.Second,
 	}
 }
 
@@ -83,6 +92,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxKeys < 1 || c.MaxAliasesPerKey < 1 || c.MaxOnDemandRotations < 1 {
 		errs = append(errs, errors.New("kmsadapter: MaxKeys, MaxAliasesPerKey and MaxOnDemandRotations must be positive"))
+	}
+	if c.MetadataCacheTTL < 0 {
+		errs = append(errs, errors.New("kmsadapter: MetadataCacheTTL must not be negative"))
 	}
 	if c.ImportTokenTTL <= 0 || c.CreateTimeout <= 0 {
 		errs = append(errs, errors.New("kmsadapter: ImportTokenTTL and CreateTimeout must be positive"))

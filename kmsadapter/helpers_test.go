@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -139,3 +141,13 @@ func mustHex(s string) []byte {
 }
 
 func hexOf(b []byte) string { return hex.EncodeToString(b) }
+
+func gomaxprocs() int { return runtime.GOMAXPROCS(0) }
+
+func tempDirOutsideTest() string {
+	d, err := os.MkdirTemp("", "kmsadapter-bench-")
+	if err != nil {
+		panic(err)
+	}
+	return d
+}

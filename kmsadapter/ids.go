@@ -40,14 +40,31 @@ func parseUUID(s string) ([16]byte, bool) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return b, false
 	}
-	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:]
-	if strings.ToLower(h) != h {
-		return b, false
-	}
-	if _, err := hex.Decode(b[:], []byte(h)); err != nil {
-		return b, false
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i--
+			continue
+		}
+		hi, ok1 := lowerHex(s[i])
+		lo, ok2 := lowerHex(s[i+1])
+		if !ok1 || !ok2 {
+			return b, false
+		}
+		b[j] = hi<<4 | lo
+		j++
 	}
 	return b, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // hsmKeyID names the HSM key that holds version n of a KMS key.
@@ -66,13 +83,9 @@ func hsmImportKeyID(keyID string, n int) hsm.KeyID {
 	return hsm.KeyID(fmt.Sprintf("%s/import%d", keyID, n))
 }
 
-func (c *Client) keyARN(id string) string {
-	return "arn:" + c.cfg.Partition + ":kms:" + c.cfg.Region + ":" + c.cfg.AccountID + ":key/" + id
-}
+func (c *Client) keyARN(id string) string { return c.arnPrefix + "key/" + id }
 
-func (c *Client) aliasARN(name string) string {
-	return "arn:" + c.cfg.Partition + ":kms:" + c.cfg.Region + ":" + c.cfg.AccountID + ":" + name
-}
+func (c *Client) aliasARN(name string) string { return c.arnPrefix + name }
 
 var aliasRE = regexp.MustCompile(`^alias/[a-zA-Z0-9/_-]+$`)
 

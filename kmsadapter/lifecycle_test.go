@@ -303,6 +303,8 @@ func TestBoltStore(t *testing.T) {
 // TestTamperWhileRunning changes a record under a running Client.
 func TestTamperWhileRunning(t *testing.T) {
 	e := newEnv(t)
+	e.cfg.MetadataCacheTTL = 0 // read the store on every call
+	e.c = e.open()
 	id := e.createKey("", "")
 	_, err := e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(id), Plaintext: []byte("x")})
 	require.NoError(t, err)

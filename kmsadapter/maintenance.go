@@ -117,7 +117,7 @@ func (c *Client) rollbackCreating(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("kmsadapter: rolling back the creation of %s: %w", r.ID, err))
 			continue
 		}
-		err := c.store.Update(ctx, func(tx Tx) error { return tx.Delete(bucketKeys, r.ID) })
+		err := c.update(ctx, func(tx Tx) error { return tx.Delete(bucketKeys, r.ID) })
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -147,7 +147,7 @@ func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
 		}
 	}
 	now := c.now()
-	return c.store.Update(ctx, func(tx Tx) error {
+	return c.update(ctx, func(tx Tx) error {
 		for _, k := range hsmKeys {
 			sealed, err := c.seal(ctx, bucketTombstones, string(k), &tombstone{HSMKey: k, KeyID: r.ID, Destroyed: now})
 			if err != nil {

@@ -8,10 +8,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/binary"
 	"slices"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/hsmkms/hsmkms/hsm"
 )
 
 const (
@@ -77,14 +80,20 @@ func (c *Client) encrypt(ctx context.Context, r *keyRecord, alg types.Encryption
 	}
 	v := r.current()
 	uuid, _ := parseUUID(r.ID)
-	hdr := blobHeader{keyID: uuid, version: uint32(v.N)}.marshal()[:blobHeaderLen-len(blobHeader{}.iv)]
-	ct, iv, err := c.backend.EncryptGCM(ctx, v.HSMKey, nil, pt, blobAAD(hdr, ec))
+	// The blob is allocated once, header first; the header is also the
+	// start of the additional data.
+	blob := make([]byte, blobAuthLen, blobOverhead+len(pt))
+	blob[0] = blobVersion1
+	copy(blob[1:17], uuid[:])
+	binary.BigEndian.PutUint32(blob[17:21], uint32(v.N))
+	ct, iv, err := c.backend.EncryptGCM(ctx, v.HSMKey, nil, pt, blobAAD(blob, ec))
 	if err != nil {
 		return nil, nil, backendErr(err, "encryption")
 	}
-	blob := make([]byte, 0, len(hdr)+len(iv)+len(ct))
-	blob = append(append(append(blob, hdr...), iv...), ct...)
-	return blob, v, nil
+	if len(iv) != hsm.GCMIVSize {
+		return nil, nil, internal("the HSM returned an IV of %d bytes", len(iv))
+	}
+	return append(append(blob, iv...), ct...), v, nil
 }
 
 // decrypt decrypts a ciphertext. keyID is the caller's KeyId (optional
@@ -156,8 +165,7 @@ func (c *Client) decrypt(ctx context.Context, blob []byte, keyID *string, alg ty
 	if v == nil || !v.Present {
 		return nil, nil, nil, "", invalidCiphertext("the ciphertext refers to a key version that does not exist")
 	}
-	hdr := blob[:blobHeaderLen-len(h.iv)]
-	pt, err := c.backend.DecryptGCM(ctx, v.HSMKey, h.iv[:], ct, blobAAD(hdr, ec))
+	pt, err := c.backend.DecryptGCM(ctx, v.HSMKey, h.iv[:], ct, blobAAD(blob[:blobAuthLen], ec))
 	if err != nil {
 		return nil, nil, nil, "", backendErr(err, "decryption")
 	}
@@ -209,7 +217,7 @@ func (c *Client) Encrypt(ctx context.Context, in *kms.EncryptInput, _ ...func(*k
 		if err != nil {
 			return nil, err
 		}
-		return &kms.EncryptOutput{CiphertextBlob: blob, KeyId: ptr(c.keyARN(r.ID)), EncryptionAlgorithm: alg}, nil
+		return &kms.EncryptOutput{CiphertextBlob: blob, KeyId: c.arnOf(r), EncryptionAlgorithm: alg}, nil
 	}()
 	return out, opError("Encrypt", err)
 }
@@ -233,7 +241,7 @@ func (c *Client) Decrypt(ctx context.Context, in *kms.DecryptInput, _ ...func(*k
 		if err := dryRun(in.DryRun); err != nil {
 			return nil, err
 		}
-		out := &kms.DecryptOutput{Plaintext: pt, KeyId: ptr(c.keyARN(r.ID)), EncryptionAlgorithm: alg}
+		out := &kms.DecryptOutput{Plaintext: pt, KeyId: c.arnOf(r), EncryptionAlgorithm: alg}
 		if r.Spec == types.KeySpecSymmetricDefault {
 			out.KeyMaterialId = ptr(v.MaterialID)
 		}
@@ -362,7 +370,7 @@ func (c *Client) GenerateDataKey(ctx context.Context, in *kms.GenerateDataKeyInp
 		if err != nil {
 			return nil, err
 		}
-		return &kms.GenerateDataKeyOutput{Plaintext: pt, CiphertextBlob: blob, KeyId: ptr(c.keyARN(r.ID)), KeyMaterialId: ptr(v.MaterialID)}, nil
+		return &kms.GenerateDataKeyOutput{Plaintext: pt, CiphertextBlob: blob, KeyId: c.arnOf(r), KeyMaterialId: ptr(v.MaterialID)}, nil
 	}()
 	return out, opError("GenerateDataKey", err)
 }
@@ -378,7 +386,7 @@ func (c *Client) GenerateDataKeyWithoutPlaintext(ctx context.Context, in *kms.Ge
 			return nil, err
 		}
 		clear(pt)
-		return &kms.GenerateDataKeyWithoutPlaintextOutput{CiphertextBlob: blob, KeyId: ptr(c.keyARN(r.ID)), KeyMaterialId: ptr(v.MaterialID)}, nil
+		return &kms.GenerateDataKeyWithoutPlaintextOutput{CiphertextBlob: blob, KeyId: c.arnOf(r), KeyMaterialId: ptr(v.MaterialID)}, nil
 	}()
 	return out, opError("GenerateDataKeyWithoutPlaintext", err)
 }
@@ -452,7 +460,7 @@ func (c *Client) GenerateDataKeyPair(ctx context.Context, in *kms.GenerateDataKe
 		}
 		return &kms.GenerateDataKeyPairOutput{
 			PrivateKeyPlaintext: priv, PrivateKeyCiphertextBlob: blob, PublicKey: pub,
-			KeyId: ptr(c.keyARN(r.ID)), KeyPairSpec: in.KeyPairSpec, KeyMaterialId: ptr(v.MaterialID),
+			KeyId: c.arnOf(r), KeyPairSpec: in.KeyPairSpec, KeyMaterialId: ptr(v.MaterialID),
 		}, nil
 	}()
 	return out, opError("GenerateDataKeyPair", err)
@@ -472,7 +480,7 @@ func (c *Client) GenerateDataKeyPairWithoutPlaintext(ctx context.Context, in *km
 		clear(priv)
 		return &kms.GenerateDataKeyPairWithoutPlaintextOutput{
 			PrivateKeyCiphertextBlob: blob, PublicKey: pub,
-			KeyId: ptr(c.keyARN(r.ID)), KeyPairSpec: in.KeyPairSpec, KeyMaterialId: ptr(v.MaterialID),
+			KeyId: c.arnOf(r), KeyPairSpec: in.KeyPairSpec, KeyMaterialId: ptr(v.MaterialID),
 		}, nil
 	}()
 	return out, opError("GenerateDataKeyPairWithoutPlaintext", err)

@@ -124,7 +124,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 				c.log.Warn("destroying a replaced import wrapping key", "hsmKey", old.WrappingKey, "err", err)
 			}
 		}
-		return &kms.GetParametersForImportOutput{KeyId: ptr(c.keyARN(r.ID)), ImportToken: token, PublicKey: pub, ParametersValidTo: ptr(validTo)}, nil
+		return &kms.GetParametersForImportOutput{KeyId: c.arnOf(r), ImportToken: token, PublicKey: pub, ParametersValidTo: ptr(validTo)}, nil
 	}()
 	return out, opError("GetParametersForImport", err)
 }
@@ -264,7 +264,7 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 		if err := c.backend.DestroyKey(ctx, imp.WrappingKey); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 			c.log.Warn("destroying a used import wrapping key", "hsmKey", imp.WrappingKey, "err", err)
 		}
-		return &kms.ImportKeyMaterialOutput{KeyId: ptr(c.keyARN(r.ID)), KeyMaterialId: ptr(r.current().MaterialID)}, nil
+		return &kms.ImportKeyMaterialOutput{KeyId: c.arnOf(r), KeyMaterialId: ptr(r.current().MaterialID)}, nil
 	}()
 	return out, opError("ImportKeyMaterial", err)
 }

@@ -187,7 +187,7 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		r.Versions[0].MaterialID = ""
 	}
 	// Step 1: the record, in state Creating.
-	err = c.store.Update(ctx, func(tx Tx) error {
+	err = c.update(ctx, func(tx Tx) error {
 		n := 0
 		if err := tx.ForEach(bucketKeys, "", func(string, []byte) error { n++; return nil }); err != nil {
 			return err
@@ -219,7 +219,7 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 	if origin == types.OriginTypeExternal {
 		r.State = types.KeyStatePendingImport
 	}
-	err = c.store.Update(ctx, func(tx Tx) error { return c.putKey(ctx, tx, r) })
+	err = c.update(ctx, func(tx Tx) error { return c.putKey(ctx, tx, r) })
 	if err != nil {
 		// The record stays in Creating; New or Tick rolls it back.
 		return nil, storeErr(err)
@@ -239,7 +239,7 @@ func (c *Client) hook(step string) error {
 func (c *Client) abandonCreate(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = c.store.Update(ctx, func(tx Tx) error { return tx.Delete(bucketKeys, id) })
+	_ = c.update(ctx, func(tx Tx) error { return tx.Delete(bucketKeys, id) })
 }
 
 // DescribeKey returns a key's metadata. It accepts all four KeyId forms.
@@ -316,7 +316,7 @@ func (c *Client) ListKeys(ctx context.Context, in *kms.ListKeysInput, _ ...func(
 			out.Truncated, out.NextMarker = true, ptr(it.id)
 			break
 		}
-		out.Keys = append(out.Keys, types.KeyListEntry{KeyId: ptr(r.ID), KeyArn: ptr(c.keyARN(r.ID))})
+		out.Keys = append(out.Keys, types.KeyListEntry{KeyId: ptr(r.ID), KeyArn: c.arnOf(r)})
 	}
 	return out, nil
 }
@@ -428,7 +428,7 @@ func (c *Client) ScheduleKeyDeletion(ctx context.Context, in *kms.ScheduleKeyDel
 		return nil, opError("ScheduleKeyDeletion", err)
 	}
 	return &kms.ScheduleKeyDeletionOutput{
-		KeyId: ptr(c.keyARN(r.ID)), DeletionDate: ptr(*r.DeletionDate),
+		KeyId: c.arnOf(r), DeletionDate: ptr(*r.DeletionDate),
 		KeyState: r.State, PendingWindowInDays: ptr(days),
 	}, nil
 }
@@ -456,5 +456,5 @@ func (c *Client) CancelKeyDeletion(ctx context.Context, in *kms.CancelKeyDeletio
 	if err != nil {
 		return nil, opError("CancelKeyDeletion", err)
 	}
-	return &kms.CancelKeyDeletionOutput{KeyId: ptr(c.keyARN(r.ID))}, nil
+	return &kms.CancelKeyDeletionOutput{KeyId: c.arnOf(r)}, nil
 }

@@ -54,7 +54,7 @@ func (c *Client) CreateAlias(ctx context.Context, in *kms.CreateAliasInput, _ ..
 		if err != nil {
 			return err
 		}
-		err = c.store.Update(ctx, func(tx Tx) error {
+		err = c.update(ctx, func(tx Tx) error {
 			if _, err := tx.Get(bucketAliases, name); err == nil {
 				return alreadyExists("An alias with the name %s already exists", c.aliasARN(name))
 			} else if !errors.Is(err, ErrNoRecord) {
@@ -92,7 +92,7 @@ func (c *Client) UpdateAlias(ctx context.Context, in *kms.UpdateAliasInput, _ ..
 		if err != nil {
 			return err
 		}
-		err = c.store.Update(ctx, func(tx Tx) error {
+		err = c.update(ctx, func(tx Tx) error {
 			raw, err := tx.Get(bucketAliases, name)
 			if errors.Is(err, ErrNoRecord) {
 				return notFound("Alias %s is not found.", c.aliasARN(name))
@@ -130,7 +130,7 @@ func (c *Client) DeleteAlias(ctx context.Context, in *kms.DeleteAliasInput, _ ..
 			return validation("1 validation error detected: Value null at 'aliasName' failed to satisfy constraint: Member must not be null")
 		}
 		name := *in.AliasName
-		err := c.store.Update(ctx, func(tx Tx) error {
+		err := c.update(ctx, func(tx Tx) error {
 			if _, err := tx.Get(bucketAliases, name); errors.Is(err, ErrNoRecord) {
 				return notFound("Alias %s is not found.", c.aliasARN(name))
 			} else if err != nil {

@@ -103,7 +103,7 @@ func (c *Client) GetKeyRotationStatus(ctx context.Context, in *kms.GetKeyRotatio
 		if r.Spec != types.KeySpecSymmetricDefault {
 			return nil, unsupported("%s is not a symmetric encryption key; only those rotate.", c.keyARN(r.ID))
 		}
-		out := &kms.GetKeyRotationStatusOutput{KeyId: ptr(c.keyARN(r.ID)), KeyRotationEnabled: r.Rotation.Enabled}
+		out := &kms.GetKeyRotationStatusOutput{KeyId: c.arnOf(r), KeyRotationEnabled: r.Rotation.Enabled}
 		if r.Rotation.Enabled {
 			out.RotationPeriodInDays = ptr(r.Rotation.PeriodDays)
 			if r.Rotation.Next != nil {
@@ -133,7 +133,7 @@ func (c *Client) RotateKeyOnDemand(ctx context.Context, in *kms.RotateKeyOnDeman
 		if err != nil {
 			return nil, err
 		}
-		return &kms.RotateKeyOnDemandOutput{KeyId: ptr(c.keyARN(r.ID))}, nil
+		return &kms.RotateKeyOnDemandOutput{KeyId: c.arnOf(r)}, nil
 	}()
 	return out, opError("RotateKeyOnDemand", err)
 }
@@ -232,7 +232,7 @@ func (c *Client) ListKeyRotations(ctx context.Context, in *kms.ListKeyRotationsI
 				out.Truncated, out.NextMarker = true, ptr(itoa(i))
 				break
 			}
-			e := types.RotationsListEntry{KeyId: ptr(c.keyARN(r.ID)), RotationDate: ptr(v.Created), RotationType: v.Type, KeyMaterialId: ptr(v.MaterialID)}
+			e := types.RotationsListEntry{KeyId: c.arnOf(r), RotationDate: ptr(v.Created), RotationType: v.Type, KeyMaterialId: ptr(v.MaterialID)}
 			e.KeyMaterialState = types.KeyMaterialStateNonCurrent
 			if i == len(r.Versions)-1 {
 				e.KeyMaterialState = types.KeyMaterialStateCurrent

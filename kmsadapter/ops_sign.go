@@ -75,7 +75,7 @@ func (c *Client) Sign(ctx context.Context, in *kms.SignInput, _ ...func(*kms.Opt
 		if err != nil {
 			return nil, backendErr(err, "signing")
 		}
-		return &kms.SignOutput{KeyId: ptr(c.keyARN(r.ID)), Signature: sig, SigningAlgorithm: in.SigningAlgorithm}, nil
+		return &kms.SignOutput{KeyId: c.arnOf(r), Signature: sig, SigningAlgorithm: in.SigningAlgorithm}, nil
 	}()
 	return out, opError("Sign", err)
 }
@@ -101,7 +101,7 @@ func (c *Client) Verify(ctx context.Context, in *kms.VerifyInput, _ ...func(*kms
 		if err := c.backend.Verify(ctx, r.current().HSMKey, sc, h, digest, in.Signature); err != nil {
 			return nil, backendErr(err, "verifying")
 		}
-		return &kms.VerifyOutput{KeyId: ptr(c.keyARN(r.ID)), SignatureValid: true, SigningAlgorithm: in.SigningAlgorithm}, nil
+		return &kms.VerifyOutput{KeyId: c.arnOf(r), SignatureValid: true, SigningAlgorithm: in.SigningAlgorithm}, nil
 	}()
 	return out, opError("Verify", err)
 }
@@ -128,7 +128,7 @@ func (c *Client) GetPublicKey(ctx context.Context, in *kms.GetPublicKeyInput, _ 
 			return nil, backendErr(err, "reading the public key")
 		}
 		return &kms.GetPublicKeyOutput{
-			KeyId: ptr(c.keyARN(r.ID)), PublicKey: der, KeySpec: r.Spec, CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
+			KeyId: c.arnOf(r), PublicKey: der, KeySpec: r.Spec, CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
 			KeyUsage: r.Usage, EncryptionAlgorithms: r.encryptionAlgorithms(), SigningAlgorithms: r.signingAlgorithms(),
 		}, nil
 	}()
@@ -175,7 +175,7 @@ func (c *Client) GenerateMac(ctx context.Context, in *kms.GenerateMacInput, _ ..
 		if err != nil {
 			return nil, backendErr(err, "computing the MAC")
 		}
-		return &kms.GenerateMacOutput{KeyId: ptr(c.keyARN(r.ID)), Mac: mac, MacAlgorithm: in.MacAlgorithm}, nil
+		return &kms.GenerateMacOutput{KeyId: c.arnOf(r), Mac: mac, MacAlgorithm: in.MacAlgorithm}, nil
 	}()
 	return out, opError("GenerateMac", err)
 }
@@ -204,7 +204,7 @@ func (c *Client) VerifyMac(ctx context.Context, in *kms.VerifyMacInput, _ ...fun
 			}
 			return nil, backendErr(err, "verifying the MAC")
 		}
-		return &kms.VerifyMacOutput{KeyId: ptr(c.keyARN(r.ID)), MacValid: true, MacAlgorithm: in.MacAlgorithm}, nil
+		return &kms.VerifyMacOutput{KeyId: c.arnOf(r), MacValid: true, MacAlgorithm: in.MacAlgorithm}, nil
 	}()
 	return out, opError("VerifyMac", err)
 }

@@ -43,6 +43,8 @@ type keyRecord struct {
 	ImportCount     int                       `json:"importCount,omitempty"`
 	ExpirationModel types.ExpirationModelType `json:"expirationModel,omitempty"`
 	ValidTo         *time.Time                `json:"validTo,omitempty"`
+
+	arn string // the key ARN, set before a verified record is cached
 }
 
 type tagRecord struct {
@@ -176,6 +178,9 @@ func open[T any](ctx context.Context, c *Client, bucket, key string, raw []byte)
 	t := new(T)
 	if err := json.Unmarshal(payload, t); err != nil {
 		return nil, c.tampered(bucket, key, err)
+	}
+	if kr, ok := any(t).(*keyRecord); ok {
+		kr.arn = c.keyARN(kr.ID)
 	}
 	c.cache.m.Store(ck, &cachedRecord{raw: raw, val: t})
 	return t, nil
