@@ -74,6 +74,9 @@ func TestReplicatedKeyWorksOnEveryMember(t *testing.T) {
 					own++
 				} else {
 					copies++
+					if k.Extractable {
+						t.Fatalf("member %d: KEK copy %s is extractable", i, k.ID)
+					}
 				}
 			}
 		}

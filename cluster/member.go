@@ -102,7 +102,13 @@ type member struct {
 	fails    atomic.Int64 // consecutive member faults
 	inflight atomic.Int64
 	latency  atomic.Uint64 // math.Float64bits of an EWMA of ln(latency in ns); 0 unknown
-	wasSlow  atomic.Bool   // lost a routing choice for being slow since its last sample
+	// Exploration of a member kept out for being slow: after it lost
+	// exploreAfter routing choices, it takes one call (exploring), whose
+	// latency replaces its average; explored marks that verdict pending.
+	slowLosses   atomic.Int64
+	exploreAfter atomic.Int64
+	exploring    atomic.Bool
+	explored     atomic.Bool
 	served   atomic.Int64  // successful calls
 }
 
@@ -148,22 +154,30 @@ func (m *member) addSuspect(id hsm.KeyID) {
 
 // observeLatency folds d into the member's moving average, kept in the
 // log domain so that one slow call (a GC pause, a busy core) moves it
-// little and a member slow by a constant factor stands out quickly.
+// little and a member slow by a constant factor stands out quickly. The
+// exploratory call of a member kept out for being slow replaces the
+// average: it is the only fresh news of that member.
 func (m *member) observeLatency(d time.Duration) {
 	l := math.Log(float64(max(d, time.Microsecond)))
+	exploring := m.exploring.Load()
 	for {
 		old := m.latency.Load()
 		v := l
-		if old != 0 && !m.wasSlow.Load() {
-			// A member that was kept out for being slow is measured
-			// afresh by its exploratory call; others move smoothly.
+		if old != 0 && !exploring {
 			v = 0.7*math.Float64frombits(old) + 0.3*l
 		}
 		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
-			return
+			break
 		}
 	}
+	if exploring {
+		m.explored.Store(true)
+		m.exploring.Store(false)
+	}
 }
+
+// endExploration ends an exploratory call that brought no latency sample.
+func (m *member) endExploration() { m.exploring.Store(false) }
 
 func (m *member) latencyEstimate() time.Duration {
 	l, ok := m.logLatency()
@@ -177,23 +191,6 @@ func (m *member) latencyEstimate() time.Duration {
 func (m *member) logLatency() (float64, bool) {
 	b := m.latency.Load()
 	return math.Float64frombits(b), b != 0
-}
-
-// decayLatency moves a member that lost a routing choice for being slow a
-// little toward the fastest, so that it is tried again now and then and a
-// member that recovered is found without a probe.
-func (m *member) decayLatency(fastest float64) {
-	for {
-		old := m.latency.Load()
-		if old == 0 {
-			return
-		}
-		v := fastest + (math.Float64frombits(old)-fastest)*0.995
-		if m.latency.CompareAndSwap(old, math.Float64bits(v)) {
-			m.wasSlow.Store(true)
-			return
-		}
-	}
 }
 
 // slowFactor is the square of how many times slower than the fastest
@@ -211,17 +208,46 @@ func (c *Cluster) slowFactor(m *member, fastest float64, known bool) float64 {
 		// says, so it loses even to members with several calls in flight.
 		return f * f
 	}
-	if m.wasSlow.Load() && m.inflight.Load() > 0 {
-		// A member that was slow gets one call at a time until a fresh
-		// sample says how it is now.
-		return slowThreshold * slowThreshold
-	}
 	return 1
+}
+
+// Exploration intervals, in routing choices lost for being slow: short
+// after a member was found fast (a latency spike costs it little),
+// doubling each time it is found slow again, up to the maximum.
+const (
+	minExploreAfter = 16
+	maxExploreAfter = 2048
+)
+
+// settleExploration applies the verdict of m's last exploratory call, if
+// one is pending: still slow doubles the wait for the next.
+func (m *member) settleExploration(slow bool) {
+	if !m.explored.CompareAndSwap(true, false) {
+		return
+	}
+	n := int64(minExploreAfter)
+	if slow {
+		n = min(2*max(m.exploreAfter.Load(), minExploreAfter), maxExploreAfter)
+	}
+	m.exploreAfter.Store(n)
+}
+
+// explore reports whether slow member m may take one call now to be
+// measured again, and claims that call.
+func (m *member) explore() bool {
+	if m.slowLosses.Load() < max(m.exploreAfter.Load(), minExploreAfter) || m.inflight.Load() > 0 {
+		return false
+	}
+	if !m.exploring.CompareAndSwap(false, true) {
+		return false
+	}
+	m.slowLosses.Store(0)
+	return true
 }
 
 // slowThreshold: members within this factor of the fastest count as
 // equally fast, so that noise does not skew the spread.
-const slowThreshold = 2
+const slowThreshold = 3
 
 func (c *Cluster) newBreaker(m *member) *breaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -316,10 +342,9 @@ func (c *Cluster) memberFault(m *member, err error) {
 }
 
 // score is the routing cost of sending one more call to m: in-flight
-// calls, times how much slower than the fastest candidate it is, over
-// weight.
-func (c *Cluster) score(m *member, fastest float64, known bool) float64 {
-	return float64(m.inflight.Load()+1) / m.weight * c.slowFactor(m, fastest, known)
+// calls, times its slowness (slowFactor), over weight.
+func (c *Cluster) score(m *member, slow float64) float64 {
+	return float64(m.inflight.Load()+1) / m.weight * slow
 }
 
 // tier orders candidates: healthy active first, then healthy standby,
@@ -379,18 +404,26 @@ func (c *Cluster) pick(id hsm.KeyID, tried []bool) *member {
 	}
 	a := c.drawWeighted(list, nil)
 	b := c.drawWeighted(list, a)
+	fa, fb := c.slowFactor(a, fastest, known), c.slowFactor(b, fastest, known)
+	a.settleExploration(fa > 1)
+	b.settleExploration(fb > 1)
+	for _, m := range []*member{a, b} {
+		if f := map[bool]float64{true: fa, false: fb}[m == a]; f > 1 && m.explore() {
+			return m
+		}
+	}
 	// b wins only when clearly less loaded: one call more or less in
 	// flight is noise between equal members, and chasing it skews the
-	// spread.
+	// spread. A slow member gets no such benefit of the doubt.
 	margin := 1.5
-	if c.slowFactor(a, fastest, known) > 1 || c.slowFactor(b, fastest, known) > 1 {
-		margin = 1 // a slow member gets no benefit of the doubt
+	if fa > 1 || fb > 1 {
+		margin = 1
 	}
-	if c.score(b, fastest, known)*margin < c.score(a, fastest, known) {
-		a, b = b, a
+	if c.score(b, fb)*margin < c.score(a, fa) {
+		a, b, fa, fb = b, a, fb, fa
 	}
-	if c.slowFactor(b, fastest, known) > 1 {
-		b.decayLatency(fastest)
+	if fb > 1 {
+		b.slowLosses.Add(1)
 	}
 	return a
 }

@@ -37,7 +37,10 @@ func attempt[T any](c *Cluster, ctx context.Context, m *member, op string, fn fu
 	case hsm.ClassCaller:
 		m.observeLatency(d)
 	case hsm.ClassMember, hsm.ClassFatal:
+		m.endExploration()
 		c.memberFault(m, err)
+	default:
+		m.endExploration()
 	}
 	return v, err
 }
