@@ -142,10 +142,10 @@ func backendErr(err error, what string) error {
 		return invalidKeyUsage("%s: the key cannot perform this operation", what)
 	case errors.Is(err, hsm.ErrInvalidInput):
 		return validation("%s: %s", what, err.Error())
-	case errors.Is(err, context.Canceled):
-		return err
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, hsm.ErrTimeout):
+	case errors.Is(err, hsm.ErrTimeout):
 		return dependencyTimeout("%s: the HSMs did not answer in time", what)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err // the caller's context: returned as the SDK returns it
 	}
 	switch hsm.Classify(err) {
 	case hsm.ClassContext:
