@@ -2,6 +2,7 @@ package kmsadapter_test
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -128,6 +129,20 @@ func TestOnCluster(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	require.Zero(t, failures.Load(), "of %d calls; first error: %v", calls.Load(), firstErr.Load())
+
+	// Import: the wrapping key and the imported material live on the
+	// cluster like any key.
+	ext, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	extID := *ext.KeyMetadata.KeyId
+	p := getParams(t, e.c, extID, types.AlgorithmSpecRsaAesKeyWrapSha1)
+	material := make([]byte, 32)
+	_, _ = rand.Read(material)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(extID), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material)})
+	require.NoError(t, err)
+	ct, err := e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(extID), Plaintext: []byte("byok on a cluster")})
+	require.NoError(t, err)
+	require.Equal(t, "byok on a cluster", string(localDecrypt(t, material, ct.CiphertextBlob, nil)))
 
 	// Deletion destroys the material through the cluster and tombstones it.
 	_, err = e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(sym), PendingWindowInDays: i32(7)})
