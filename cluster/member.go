@@ -109,7 +109,7 @@ type member struct {
 	exploreAfter atomic.Int64
 	exploring    atomic.Bool
 	explored     atomic.Bool
-	served   atomic.Int64  // successful calls
+	served       atomic.Int64 // successful calls
 }
 
 func (m *member) token() *hsm.Token {
