@@ -16,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 )
 
 // TestMain lets the tests run hsmkms as a process: the test binary runs
@@ -72,11 +75,7 @@ func startHsmkms(t *testing.T, args ...string) *proc {
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
 	go func() { <-ready; p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-	})
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // after stop, a no-op
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	select {
@@ -128,6 +127,7 @@ func (l *lockedWriter) String() string {
 // awsCLI runs the AWS CLI against p.
 type awsCLI struct {
 	t   *testing.T
+	p   *proc
 	bin string
 	env []string
 	url string
@@ -153,7 +153,7 @@ func newAWSCLI(t *testing.T, p *proc) *awsCLI {
 	if v := os.Getenv("PYENV_ROOT"); v != "" {
 		env = append(env, "PYENV_ROOT="+v)
 	}
-	return &awsCLI{t: t, bin: bin, env: env, url: p.env["AWS_ENDPOINT_URL_KMS"], dir: t.TempDir()}
+	return &awsCLI{t: t, p: p, bin: bin, env: env, url: p.env["AWS_ENDPOINT_URL_KMS"], dir: t.TempDir()}
 }
 
 // run runs `aws --endpoint-url URL --output json kms ARGS...` and returns
@@ -182,7 +182,7 @@ func (a *awsCLI) ok(args ...string) map[string]any {
 	a.t.Helper()
 	out, errs, code := a.run(args...)
 	if code != 0 {
-		a.t.Fatalf("aws kms %s: exit %d: %s", strings.Join(args, " "), code, errs)
+		a.t.Fatalf("aws kms %s: exit %d: %s\nhsmkms stderr:\n%s", strings.Join(args, " "), code, errs, a.p.stderr)
 	}
 	var m map[string]any
 	if strings.TrimSpace(out) == "" {
@@ -202,7 +202,7 @@ func (a *awsCLI) fails(want string, args ...string) {
 		a.t.Fatalf("aws kms %s succeeded, want %s", strings.Join(args, " "), want)
 	}
 	if !strings.Contains(errs, "("+want+")") {
-		a.t.Fatalf("aws kms %s: exit %d, want error %s; stderr: %s", strings.Join(args, " "), code, want, errs)
+		a.t.Fatalf("aws kms %s: exit %d, want error %s; stderr: %s\nhsmkms stderr:\n%s", strings.Join(args, " "), code, want, errs, a.p.stderr)
 	}
 }
 
@@ -303,6 +303,7 @@ func TestDevModeWithAWSCLI(t *testing.T) {
 	bad.fails("InvalidSignatureException", "list-keys")
 
 	checkMetrics(t, url)
+	unmodifiedSDKProgram(t, p.env)
 	p.stop(t)
 
 	// The second run reuses the state: same credentials, same keys.
@@ -312,8 +313,8 @@ func TestDevModeWithAWSCLI(t *testing.T) {
 	}
 	cli2 := newAWSCLI(t, p2)
 	keys := cli2.ok("list-keys")["Keys"].([]any)
-	if len(keys) != 2 {
-		t.Fatalf("after a restart: %d keys, want 2", len(keys))
+	if len(keys) != 3 {
+		t.Fatalf("after a restart: %d keys, want 3", len(keys))
 	}
 	ver = cli2.ok("verify", "--key-id", sk, "--message", msg, "--message-type", "RAW", "--signing-algorithm", "ECDSA_SHA_256", "--signature", sigFile)
 	if ver["SignatureValid"] != true {
@@ -364,3 +365,41 @@ func checkMetrics(t *testing.T, url string) {
 		}
 	}
 }
+
+// unmodifiedSDKProgram is what a Go service that uses AWS KMS does today,
+// unchanged: the default configuration, read from the environment that
+// dev mode printed.
+func unmodifiedSDKProgram(t *testing.T, env map[string]string) {
+	for _, k := range []string{"AWS_ENDPOINT_URL_KMS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} {
+		t.Setenv(k, env[k])
+	}
+	home := t.TempDir()
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(home, "config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(home, "credentials"))
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+	ctx := context.Background()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := kms.NewFromConfig(cfg)
+	key, err := client.CreateKey(ctx, &kms.CreateKeyInput{Description: strp("from the default config")})
+	if err != nil {
+		t.Fatalf("an unmodified SDK program: %v", err)
+	}
+	enc, err := client.Encrypt(ctx, &kms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("unchanged code")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	if err != nil || string(dec.Plaintext) != "unchanged code" {
+		t.Fatalf("decrypt: %v", err)
+	}
+	if _, err := client.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: key.KeyMetadata.KeyId}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func strp(s string) *string { return &s }
