@@ -719,3 +719,32 @@ func TestRetryAfterFailedRollback(t *testing.T) {
 		}
 	}
 }
+
+func TestCircuitBreakerOpensOnMemberFaults(t *testing.T) {
+	// One member, so that every retry goes back to it.
+	e := newEnv(t, 1, func(c *Config) { c.DownAfter = 100; c.BreakerFailures = 2 })
+	ctx := context.Background()
+	if _, err := e.c.GenerateKey(ctx, "cb", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f := e.sh.Members[0].Faults
+	f.FailNext(hsm.OpEncrypt, 1000, 0x31) // CKR_DEVICE_MEMORY: the member's fault, not session-fatal
+	before := f.Calls(hsm.OpEncrypt)
+	for range 20 {
+		if _, _, err := e.c.EncryptGCM(ctx, "cb", nil, []byte("x"), nil); !errors.Is(err, ErrNoHealthyMember) {
+			t.Fatalf("got %v, want ErrNoHealthyMember", err)
+		}
+	}
+	if n := f.Calls(hsm.OpEncrypt) - before; n != 2 {
+		t.Fatalf("the failing member got %d calls, want 2 before its breaker opened", n)
+	}
+	if st := e.c.Members()[0]; st.State != Down {
+		t.Fatalf("m0 is %v with its breaker open, want down", st.State)
+	}
+	f.FailNext(hsm.OpEncrypt, 0, 0)
+	e.check() // re-synced, breaker reset
+	e.requireStates(Healthy)
+	if _, _, err := e.c.EncryptGCM(ctx, "cb", nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
