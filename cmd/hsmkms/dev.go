@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/hsmkms/hsmkms/cluster"
 	"github.com/hsmkms/hsmkms/hsm"
@@ -72,6 +73,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log := newLogger(stderr, level)
 
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	unlock, err := lockDir(*dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, lib, fresh, err := provisionDev(*dir)
 	if err != nil {
 		return err
@@ -109,6 +118,20 @@ func devConfig(dir, listen, lib string, st devState) serverConfig {
 		AccessKeyID: st.AccessKeyID, SecretAccessKey: kmshttp.NewSecret(st.SecretAccessKey), PrincipalARN: devPrincipal,
 	}}}
 	return cfg
+}
+
+// lockDir takes an exclusive lock on dir/lock, so that two dev servers
+// never share one state directory.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("another hsmkms dev is using %s (%w); stop it, or give this one --state", dir, err)
+	}
+	return func() { _ = f.Close() }, nil
 }
 
 func devLabel(i int) string { return fmt.Sprintf("hsmkms-dev-%d", i) }
