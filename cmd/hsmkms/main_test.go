@@ -244,6 +244,15 @@ func TestDevModeWithAWSCLI(t *testing.T) {
 	checkHealth(t, url, 3)
 	cli := newAWSCLI(t, p)
 
+	// A second dev server on the same state fails at once.
+	second := exec.Command(os.Args[0], "dev", "--state", state, "--listen", "127.0.0.1:0")
+	second.Env = append(os.Environ(), "HSMKMS_TEST_MAIN=1")
+	out, err := second.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "another hsmkms dev is using") {
+		t.Fatalf("a second dev server on the same state: %v: %s", err, out)
+	}
+
 	key := cli.ok("create-key", "--description", "cli test")["KeyMetadata"].(map[string]any)
 	id := key["KeyId"].(string)
 	if key["KeyState"] != "Enabled" || key["Arn"] != "arn:aws:kms:us-east-1:111122223333:key/"+id {
