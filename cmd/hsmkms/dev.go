@@ -252,8 +252,8 @@ export AWS_SECRET_ACCESS_KEY=%s
 export AWS_REGION=%s
 export AWS_DEFAULT_REGION=%s
 
-  aws kms create-key                    # AWS CLI 2.13+ and 1.29+ read AWS_ENDPOINT_URL_KMS
-  aws --endpoint-url %s kms list-keys   # older AWS CLIs
+  aws kms list-keys                          # AWS CLI v2.13+ and v1.29+ read AWS_ENDPOINT_URL_KMS
+  aws --endpoint-url %s kms list-keys   # older ones (Debian 12's 2.9) need --endpoint-url
 
 Caller: %s. Health: %s/healthz. Metrics: %s/metrics.
 This is a development server: its HSMs are software, its credentials are on disk. Ctrl-C stops it.
