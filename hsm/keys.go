@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 )
@@ -161,7 +162,7 @@ type keyEntry struct {
 	priv  pkcs11.ObjectHandle // the secret or private key; 0 for a public key alone
 	pub   pkcs11.ObjectHandle // the public key, 0 if none
 	hasPb bool
-	spki  []byte // cached public key, DER; immutable once read
+	spki  atomic.Pointer[[]byte] // cached public key, DER; set once read
 }
 
 // keyCache maps key IDs to resolved handles, so no operation on the hot
@@ -447,7 +448,10 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 		t.keys.put(&keyEntry{gen: s.gen, info: info, priv: priv, pub: pub, hasPb: pub != 0})
 		return nil
 	})
-	return info, err
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return info, nil
 }
 
 // ensureAbsent fails with ErrKeyExists when an object with CKA_ID id exists.
@@ -581,7 +585,10 @@ func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Describe returns what the token knows of one key.
@@ -591,5 +598,8 @@ func (t *Token) Describe(ctx context.Context, id KeyID) (KeyInfo, error) {
 		info = e.info
 		return nil
 	})
-	return info, err
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return info, nil
 }

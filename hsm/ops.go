@@ -32,6 +32,7 @@ const MaxDataSize = 1 << 20
 // which the caller stores beside it.
 func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error) {
 	profile := t.profile()
+	var outCT, outIV []byte // written by the worker; read only once do returned nil
 	switch {
 	case len(plaintext) == 0:
 		err = fmt.Errorf("%w: empty plaintext", ErrInvalidInput)
@@ -72,10 +73,13 @@ func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []b
 				return fmt.Errorf("%w: profile %s expects the token to write its GCM IV back, and it did not", ErrUnsupported, profile.Name)
 			}
 		}
-		ciphertext, ivUsed = out, used
+		outCT, outIV = out, used
 		return nil
 	})
-	return ciphertext, ivUsed, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return outCT, outIV, nil
 }
 
 // DecryptGCM decrypts and authenticates an AES-GCM ciphertext (tag
@@ -106,7 +110,10 @@ func (t *Token) DecryptGCM(ctx context.Context, id KeyID, iv, ciphertext, aad []
 		plaintext = out
 		return nil
 	})
-	return plaintext, err
+	if err != nil {
+		return nil, err
+	}
+	return plaintext, nil
 }
 
 // decryptErr turns an authentication failure into the vague ErrDecrypt,
@@ -174,7 +181,10 @@ func (t *Token) EncryptOAEP(ctx context.Context, id KeyID, h crypto.Hash, plaint
 		}
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // DecryptOAEP decrypts an RSA-OAEP ciphertext with the private half of key
@@ -202,7 +212,10 @@ func (t *Token) DecryptOAEP(ctx context.Context, id KeyID, h crypto.Hash, cipher
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // SigningScheme is how a digest is signed.
@@ -299,7 +312,10 @@ func (t *Token) Sign(ctx context.Context, id KeyID, sc SigningScheme, h crypto.H
 		sig = raw
 		return nil
 	})
-	return sig, err
+	if err != nil {
+		return nil, err
+	}
+	return sig, nil
 }
 
 // Verify checks a signature over a digest with the public key id. Any
@@ -384,7 +400,10 @@ func (t *Token) MAC(ctx context.Context, id KeyID, h crypto.Hash, msg []byte) ([
 		mac, err = t.mod.ctx.Sign(s.h, msg)
 		return err
 	})
-	return mac, err
+	if err != nil {
+		return nil, err
+	}
+	return mac, nil
 }
 
 // VerifyMAC checks an HMAC; a mismatch is ErrVerify.
@@ -428,7 +447,10 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 		out, err = t.mod.ctx.GenerateRandom(s.h, n)
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // oidECPublicKey is id-ecPublicKey.

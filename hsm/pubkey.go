@@ -19,8 +19,8 @@ import (
 func (t *Token) PublicKey(ctx context.Context, id KeyID) ([]byte, error) {
 	var der []byte
 	err := t.withKey(ctx, OpPublicKey, id, func(s *session, e *keyEntry) error {
-		if e.spki != nil {
-			der = e.spki
+		if p := e.spki.Load(); p != nil {
+			der = *p
 			return nil
 		}
 		si := specs[e.info.Spec]
@@ -55,10 +55,13 @@ func (t *Token) PublicKey(ctx context.Context, id KeyID) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		e.spki = der // same value every time; racing writers agree
+		e.spki.Store(&der)
 		return nil
 	})
-	return der, err
+	if err != nil {
+		return nil, err
+	}
+	return der, nil
 }
 
 func rsaSPKI(modulus, exponent []byte) ([]byte, error) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -416,4 +417,50 @@ func TestCancelledCallNotHeldAgainstToken(t *testing.T) {
 	assert.True(t, tok.Health().Healthy, "a cancellation is not the token's fault")
 	require.NoError(t, tok.Close(), "Close returns while the abandoned worker is still stuck")
 	m.Faults.Release()
+}
+
+// TestAbandonedWorkersDoNotRace: every kind of call returns at its
+// deadline while its worker is still delayed in the module; the workers
+// finish later and write their results, and the token serves on. Under
+// -race this also exercises the rule that a caller never reads what an
+// abandoned worker writes (the detector sees such a race only when the
+// runtime does not happen to order the two, so it is a guard, not proof).
+func TestAbandonedWorkersDoNotRace(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	for id, spec := range map[hsm.KeyID]hsm.KeySpec{"aes": hsm.AES256, "ec": hsm.ECP256, "mac": hsm.HMAC256} {
+		_, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		require.NoError(t, err)
+	}
+	ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	d := sha256.Sum256(nil)
+
+	m.Faults.SetLatency(softhsmtest.AnyOp, 200*time.Millisecond)
+	calls := []func(context.Context) error{
+		func(c context.Context) error { _, _, err := tok.EncryptGCM(c, "aes", nil, []byte("x"), nil); return err },
+		func(c context.Context) error { _, err := tok.DecryptGCM(c, "aes", iv, ct, nil); return err },
+		func(c context.Context) error { _, err := tok.Sign(c, "ec", hsm.ECDSA, crypto.SHA256, d[:]); return err },
+		func(c context.Context) error { _, err := tok.MAC(c, "mac", crypto.SHA256, []byte("x")); return err },
+		func(c context.Context) error { _, err := tok.PublicKey(c, "ec"); return err },
+		func(c context.Context) error { _, err := tok.Random(c, 8); return err },
+		func(c context.Context) error { _, err := tok.Describe(c, "ec"); return err },
+		func(c context.Context) error { _, err := tok.ListKeys(c); return err },
+	}
+	var wg sync.WaitGroup
+	for _, call := range calls {
+		wg.Go(func() {
+			c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+			defer cancel()
+			if err := call(c); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("want the deadline, got %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	// Let the abandoned workers finish and write.
+	waitFor(t, func() bool { return m.Faults.InFlight() == 0 })
+	m.Faults.SetLatency(softhsmtest.AnyOp, 0)
+	require.NoError(t, tok.Probe(ctx))
 }

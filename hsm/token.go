@@ -273,7 +273,9 @@ func (t *Token) intercept(ctx context.Context, op Op, call func() error) error {
 }
 
 // do runs fn with a session of its own on a worker goroutine, so that the
-// caller returns at its deadline even if the module never does. It
+// caller returns at its deadline even if the module never does. The worker
+// may outlive the call: a caller reads what fn wrote only when do returned
+// nil (the worker finished), never on an error, or it races the worker. It
 // retries once on a fresh session when the session turned out dead or
 // logged out.
 func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {

@@ -87,7 +87,10 @@ func (t *Token) WrapKey(ctx context.Context, wrappingKey, id KeyID, w Wrapping) 
 		}
 		return keyErr(err)
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // UnwrapRequest describes a key to create on the token from a wrapped blob.
