@@ -85,5 +85,8 @@ func (w *responseWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
+	if w.body.Len() == 0 {
+		w.body.Grow(len(b))
+	}
 	return w.body.Write(b)
 }
