@@ -23,36 +23,15 @@ func (t *Token) PublicKey(ctx context.Context, id KeyID) ([]byte, error) {
 			der = *p
 			return nil
 		}
-		si := specs[e.info.Spec]
 		obj := e.pub
 		if !e.hasPb {
 			obj = e.priv // RSA private keys carry the modulus and exponent
-		}
-		var err error
-		switch si.keyType {
-		case pkcs11.CKK_RSA:
-			var a map[uint][]byte
-			if a, err = t.attrs(s, obj, pkcs11.CKA_MODULUS, pkcs11.CKA_PUBLIC_EXPONENT); err != nil {
-				return err
-			}
-			der, err = rsaSPKI(a[pkcs11.CKA_MODULUS], a[pkcs11.CKA_PUBLIC_EXPONENT])
-		case pkcs11.CKK_EC:
-			if !e.hasPb {
+			if specs[e.info.Spec].keyType == pkcs11.CKK_EC {
 				return fmt.Errorf("%w: %s has no public key object", ErrKeyNotFound, id)
 			}
-			var a map[uint][]byte
-			if a, err = t.attrs(s, obj, pkcs11.CKA_EC_POINT); err != nil {
-				return err
-			}
-			var point []byte
-			if _, err := asn1.Unmarshal(a[pkcs11.CKA_EC_POINT], &point); err != nil {
-				point = a[pkcs11.CKA_EC_POINT] // some modules return the raw point
-			}
-			der, err = ecSPKI(si.curve, point)
-		default:
-			return fmt.Errorf("%w: %s is %s, not a key pair", ErrWrongKeyType, id, e.info.Spec)
 		}
-		if err != nil {
+		var err error
+		if der, err = t.spki(s, obj, e.info.Spec); err != nil {
 			return err
 		}
 		e.spki.Store(&der)
@@ -62,6 +41,31 @@ func (t *Token) PublicKey(ctx context.Context, id KeyID) ([]byte, error) {
 		return nil, err
 	}
 	return der, nil
+}
+
+// spki reads the public key of object obj, of spec, as DER
+// SubjectPublicKeyInfo.
+func (t *Token) spki(s *session, obj pkcs11.ObjectHandle, spec KeySpec) ([]byte, error) {
+	si := specs[spec]
+	switch si.keyType {
+	case pkcs11.CKK_RSA:
+		a, err := t.attrs(s, obj, pkcs11.CKA_MODULUS, pkcs11.CKA_PUBLIC_EXPONENT)
+		if err != nil {
+			return nil, err
+		}
+		return rsaSPKI(a[pkcs11.CKA_MODULUS], a[pkcs11.CKA_PUBLIC_EXPONENT])
+	case pkcs11.CKK_EC:
+		a, err := t.attrs(s, obj, pkcs11.CKA_EC_POINT)
+		if err != nil {
+			return nil, err
+		}
+		var point []byte
+		if _, err := asn1.Unmarshal(a[pkcs11.CKA_EC_POINT], &point); err != nil {
+			point = a[pkcs11.CKA_EC_POINT] // some modules return the raw point
+		}
+		return ecSPKI(si.curve, point)
+	}
+	return nil, fmt.Errorf("%w: %s is not a key pair", ErrWrongKeyType, spec)
 }
 
 func rsaSPKI(modulus, exponent []byte) ([]byte, error) {

@@ -303,3 +303,72 @@ func (t *Token) checkPair(s *session, e *keyEntry) error {
 	}
 	return nil
 }
+
+// GenerateWrapped generates a key of spec inside the token as a session
+// object, wraps it under wrappingKey with AES key wrap with padding,
+// destroys it, and returns the wrapped key and, for a key pair, its public
+// key (DER SubjectPublicKeyInfo). The key is a token object nowhere until
+// UnwrapKey puts it on tokens, so a cluster creates a key on N tokens with
+// one generation and N unwraps in parallel, rather than a token write
+// followed by the copies. The key material never leaves an HSM unwrapped.
+// The wrapping key must be trusted: the session key is, like every
+// extractable key here, wrap-with-trusted.
+func (t *Token) GenerateWrapped(ctx context.Context, wrappingKey KeyID, spec KeySpec, opts KeyOptions) (wrapped, publicKey []byte, err error) {
+	if err := errors.Join(wrappingKey.Validate(), spec.Validate()); err != nil {
+		return nil, nil, t.wrap(OpGenerateWrapped, err)
+	}
+	if opts.Usage == 0 {
+		opts.Usage = spec.defaultUsage()
+	}
+	opts.Extractable = true
+	si := specs[spec]
+	var outW, outPub []byte // written by the worker; read only once do returned nil
+	err = t.do(ctx, OpGenerateWrapped, func(s *session) error {
+		wk, err := t.key(s, wrappingKey)
+		if err != nil {
+			return err
+		}
+		if specs[wk.info.Spec].keyType != pkcs11.CKK_AES || wk.priv == 0 {
+			return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
+		}
+		pubT, privT := templates("session", spec, opts)
+		privT = setAttr(privT, pkcs11.CKA_TOKEN, false)
+		var priv, pub pkcs11.ObjectHandle
+		switch si.keyType {
+		case pkcs11.CKK_AES:
+			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
+		case pkcs11.CKK_GENERIC_SECRET:
+			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
+		case pkcs11.CKK_RSA:
+			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
+		case pkcs11.CKK_EC:
+			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
+		}
+		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
+			return &Error{Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
+		}
+		if err != nil {
+			return err
+		}
+		defer func() {
+			_ = t.mod.ctx.DestroyObject(s.h, priv)
+			if pub != 0 {
+				_ = t.mod.ctx.DestroyObject(s.h, pub)
+			}
+		}()
+		if pub != 0 {
+			if outPub, err = t.spki(s, pub, spec); err != nil {
+				return err
+			}
+		}
+		outW, err = t.mod.ctx.WrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, priv)
+		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
+			return &Error{Code: c, Err: fmt.Errorf("%w: %s is not a trusted wrapping key", ErrWrongKeyType, wrappingKey)}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return outW, outPub, nil
+}

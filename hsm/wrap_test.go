@@ -272,3 +272,50 @@ func kwpWrap(t *testing.T, kek, plaintext []byte) []byte {
 	}
 	return out
 }
+
+// TestGenerateWrapped: a key generated as a session object and wrapped
+// under a trusted key exists on the token only once unwrapped, and then
+// works; nothing is left behind by the generation itself.
+func TestGenerateWrapped(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	pad := hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}
+	_, err := tok.CreateTrustedWrappingKey(ctx, "kek", m.SOPIN(), hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "plain-kek", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+
+	for _, spec := range []hsm.KeySpec{hsm.AES256, hsm.HMAC256, hsm.ECP256, hsm.RSA2048} {
+		blob, pub, err := tok.GenerateWrapped(ctx, "kek", spec, hsm.KeyOptions{})
+		require.NoError(t, err, spec)
+		assert.Equal(t, spec.Asymmetric(), pub != nil, spec)
+		keys, err := tok.ListKeys(ctx)
+		require.NoError(t, err)
+		assert.Len(t, keys, 2, "%s: generation alone leaves no token object", spec)
+
+		id := hsm.KeyID("gw-" + string(spec))
+		info, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: id, Spec: spec, PublicKey: pub, Options: hsm.KeyOptions{Extractable: true}})
+		require.NoError(t, err, spec)
+		assert.Equal(t, spec, info.Spec)
+		switch spec {
+		case hsm.AES256:
+			ct, iv, err := tok.EncryptGCM(ctx, id, nil, []byte("x"), nil)
+			require.NoError(t, err)
+			_, err = tok.DecryptGCM(ctx, id, iv, ct, nil)
+			require.NoError(t, err)
+		case hsm.HMAC256:
+			mac, err := tok.MAC(ctx, id, crypto.SHA256, []byte("x"))
+			require.NoError(t, err)
+			require.NoError(t, tok.VerifyMAC(ctx, id, crypto.SHA256, []byte("x"), mac))
+		default:
+			got, err := tok.PublicKey(ctx, id)
+			require.NoError(t, err)
+			assert.Equal(t, pub, got)
+		}
+		require.NoError(t, tok.DestroyKey(ctx, id))
+	}
+	// An untrusted wrapping key is refused.
+	_, _, err = tok.GenerateWrapped(ctx, "plain-kek", hsm.AES256, hsm.KeyOptions{})
+	require.ErrorIs(t, err, hsm.ErrWrongKeyType)
+}
