@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/hsmkms/hsmkms/cluster"
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kmsadapter"
 	"github.com/hsmkms/hsmkms/kmsadapter/kmshttp"
 )
@@ -35,6 +34,7 @@ type server struct {
 	listener net.Listener
 	stopMnt  context.CancelFunc
 	mntDone  chan struct{}
+	closeMu  sync.Mutex // serializes closeBackends
 }
 
 // startServer opens the cluster (bootstrapping it when configured), the
@@ -141,11 +141,11 @@ func (s *server) serve(ctx context.Context) error {
 	return serveErr
 }
 
-var closeOnce sync.Mutex
-
+// closeBackends stops maintenance and closes the adapter, the cluster and
+// the catalog; it is idempotent.
 func (s *server) closeBackends() {
-	closeOnce.Lock()
-	defer closeOnce.Unlock()
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
 	if s.stopMnt != nil {
 		s.stopMnt()
 		<-s.mntDone
@@ -231,5 +231,3 @@ func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
-
-var _ = hsm.ErrInvalidInput
