@@ -394,6 +394,10 @@ func unmodifiedSDKProgram(t *testing.T, env map[string]string) {
 		t.Fatal(err)
 	}
 	client := kms.NewFromConfig(cfg)
+	// Before any call: the endpoint is the dev server's, so no request leaves 127.0.0.1.
+	if ep := client.Options().BaseEndpoint; ep == nil || *ep != env["AWS_ENDPOINT_URL_KMS"] {
+		t.Fatalf("the SDK did not take AWS_ENDPOINT_URL_KMS: BaseEndpoint %v", ep)
+	}
 	key, err := client.CreateKey(ctx, &kms.CreateKeyInput{Description: strp("from the default config")})
 	if err != nil {
 		t.Fatalf("an unmodified SDK program: %v", err)
