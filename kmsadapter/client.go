@@ -1,6 +1,7 @@
 package kmsadapter
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -335,58 +336,79 @@ func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error
 	return a, nil
 }
 
-// updateKey changes a key's record in one store transaction: it reads and
-// verifies the record, lets fn change a fresh copy (fn may also use tx),
-// and writes it back sealed. A key being created is NotFoundException.
-func (c *Client) updateKey(ctx context.Context, id string, fn func(tx Tx, r *keyRecord) error) (*keyRecord, error) {
-	var out *keyRecord
-	err := c.update(ctx, func(tx Tx) error {
-		raw, err := tx.Get(bucketKeys, id)
+// errConflict means a record changed between its read and its write.
+var errConflict = errors.New("kmsadapter: record changed concurrently")
+
+// updateKey changes a key's record: it reads and verifies the record,
+// lets fn change a fresh copy, seals it, and writes it back only if the
+// stored record is still the one read (retrying otherwise). No HSM call
+// runs inside a store transaction: a Backend may itself use the store
+// (the cluster's Catalog). A key being created is NotFoundException.
+func (c *Client) updateKey(ctx context.Context, id string, fn func(r *keyRecord) error) (*keyRecord, error) {
+	for attempt := 0; ; attempt++ {
+		var raw []byte
+		err := c.store.View(ctx, func(tx Tx) error {
+			var err error
+			raw, err = tx.Get(bucketKeys, id)
+			return err
+		})
 		if errors.Is(err, ErrNoRecord) {
-			return notFound("Key '%s' does not exist", c.keyARN(id))
+			return nil, notFound("Key '%s' does not exist", c.keyARN(id))
 		}
 		if err != nil {
-			return err
+			return nil, storeErr(err)
 		}
 		if _, err := open[keyRecord](ctx, c, bucketKeys, id, raw); err != nil {
-			return err
+			return nil, err
 		}
 		r, err := decodeFresh[keyRecord](raw)
 		if err != nil {
-			return c.tampered(bucketKeys, id, err)
+			return nil, c.tampered(bucketKeys, id, err)
 		}
 		if r.State == stateCreating {
-			return notFound("Key '%s' does not exist", c.keyARN(id))
+			return nil, notFound("Key '%s' does not exist", c.keyARN(id))
 		}
-		if err := fn(tx, r); err != nil {
-			return err
+		if err := fn(r); err != nil {
+			return nil, err
 		}
-		if err := c.putKey(ctx, tx, r); err != nil {
-			return err
+		sealed, err := c.sealKey(ctx, r)
+		if err != nil {
+			return nil, err
 		}
-		out = r
-		return nil
-	})
-	if err != nil {
-		return nil, storeErr(err)
+		err = c.update(ctx, func(tx Tx) error {
+			cur, err := tx.Get(bucketKeys, id)
+			if err != nil && !errors.Is(err, ErrNoRecord) {
+				return err
+			}
+			if !bytes.Equal(cur, raw) {
+				return errConflict
+			}
+			return tx.Put(bucketKeys, id, sealed)
+		})
+		if errors.Is(err, errConflict) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		return r, nil
 	}
-	return out, nil
 }
 
-func (c *Client) putKey(ctx context.Context, tx Tx, r *keyRecord) error {
+func (c *Client) sealKey(ctx context.Context, r *keyRecord) ([]byte, error) {
 	sealed, err := c.seal(ctx, bucketKeys, r.ID, r)
 	if err != nil {
-		return backendErr(err, "sealing metadata")
+		return nil, backendErr(err, "sealing metadata")
 	}
-	return tx.Put(bucketKeys, r.ID, sealed)
+	return sealed, nil
 }
 
-func (c *Client) putAlias(ctx context.Context, tx Tx, a *aliasRecord) error {
+func (c *Client) sealAlias(ctx context.Context, a *aliasRecord) ([]byte, error) {
 	sealed, err := c.seal(ctx, bucketAliases, a.Name, a)
 	if err != nil {
-		return backendErr(err, "sealing metadata")
+		return nil, backendErr(err, "sealing metadata")
 	}
-	return tx.Put(bucketAliases, a.Name, sealed)
+	return sealed, nil
 }
 
 // usable checks that a key's state allows cryptographic operations.

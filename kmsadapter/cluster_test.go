@@ -2,6 +2,7 @@ package kmsadapter_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"fmt"
 	"sync"
@@ -54,9 +55,17 @@ func newClusterEnv(t testing.TB, n int) *clusterEnv {
 		}
 		require.NoError(t, cl.Close())
 	})
-	e.c, err = kmsadapter.New(cl, e.store, kmsadapter.DefaultConfig(), kmsadapter.WithClock(e.clock))
+	kcfg := kmsadapter.DefaultConfig()
+	kcfg.OAEPHashes = []crypto.Hash{crypto.SHA1} // SoftHSM 2.6; the cluster cannot tell
+	e.c, err = kmsadapter.New(cl, e.store, kcfg, kmsadapter.WithClock(e.clock))
 	require.NoError(t, err)
 	return e
+}
+
+// newEnvOnCluster is newEnv on a cluster of three SoftHSM2 members.
+func newEnvOnCluster(t testing.TB) *env {
+	ce := newClusterEnv(t, 3)
+	return &env{t: t, backend: ce.cl, store: ce.store, clock: ce.clock, c: ce.c, cfg: kmsadapter.DefaultConfig()}
 }
 
 // TestOnCluster runs the adapter on a cluster of three SoftHSM2 members:

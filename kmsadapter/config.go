@@ -1,6 +1,7 @@
 package kmsadapter
 
 import (
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,14 @@ type Config struct {
 	// ImportTokenTTL is how long GetParametersForImport's wrapping key and
 	// token stay valid: 24 hours at AWS.
 	ImportTokenTTL time.Duration
+
+	// OAEPHashes lists the hashes the HSMs accept for RSA-OAEP
+	// (RSAES_OAEP_SHA_1/SHA_256 encryption, import wrapping). Others are
+	// refused with UnsupportedOperationException before reaching the
+	// HSMs. Nil asks the Backend when it can tell (an *hsm.Token's
+	// profile) and otherwise lets the HSMs answer. SoftHSM 2.6 does SHA-1
+	// only.
+	OAEPHashes []crypto.Hash
 
 	// MetadataCacheTTL is how long a verified key or alias record is
 	// served from memory on the cryptographic hot path. Changes made

@@ -91,6 +91,9 @@ func dependencyTimeout(format string, a ...any) error {
 func internal(format string, a ...any) error {
 	return &apiErr{&types.KMSInternalException{Message: msg(format, a...)}, 500}
 }
+func conflict(format string, a ...any) error {
+	return &apiErr{&types.ConflictException{Message: msg(format, a...)}, 400}
+}
 func malformedPolicy(format string, a ...any) error {
 	return &apiErr{&types.MalformedPolicyDocumentException{Message: msg(format, a...)}, 400}
 }

@@ -47,8 +47,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 // env is a Client on one real SoftHSM2 token.
 type env struct {
-	t     testing.TB
-	tok   *hsm.Token
+	t       testing.TB
+	tok     *hsm.Token         // nil on a cluster
+	backend kmsadapter.Backend // tok, or a cluster
 	store kmsadapter.Store
 	clock *fakeClock
 	c     *kmsadapter.Client
@@ -68,6 +69,7 @@ func openToken(t testing.TB) *hsm.Token {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, tok: openToken(t), store: kmsadapter.NewMemoryStore(), clock: newFakeClock(), cfg: kmsadapter.DefaultConfig()}
+	e.backend = e.tok
 	e.c = e.open()
 	return e
 }
@@ -76,7 +78,7 @@ func newEnv(t testing.TB) *env {
 // process would.
 func (e *env) open() *kmsadapter.Client {
 	e.t.Helper()
-	c, err := kmsadapter.New(e.tok, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	c, err := kmsadapter.New(e.backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
 	require.NoError(e.t, err)
 	return c
 }

@@ -147,23 +147,22 @@ func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
 		}
 	}
 	now := c.now()
+	tombs := make([][]byte, len(hsmKeys))
+	for i, k := range hsmKeys {
+		var err error
+		if tombs[i], err = c.seal(ctx, bucketTombstones, string(k), &tombstone{HSMKey: k, KeyID: r.ID, Destroyed: now}); err != nil {
+			return backendErr(err, "sealing metadata")
+		}
+	}
 	return c.update(ctx, func(tx Tx) error {
-		for _, k := range hsmKeys {
-			sealed, err := c.seal(ctx, bucketTombstones, string(k), &tombstone{HSMKey: k, KeyID: r.ID, Destroyed: now})
-			if err != nil {
-				return err
-			}
-			if err := tx.Put(bucketTombstones, string(k), sealed); err != nil {
+		for i, k := range hsmKeys {
+			if err := tx.Put(bucketTombstones, string(k), tombs[i]); err != nil {
 				return err
 			}
 		}
 		var aliases []string
 		err := tx.ForEach(bucketAliases, "", func(k string, v []byte) error {
-			a, err := open[aliasRecord](ctx, c, bucketAliases, k, append([]byte(nil), v...))
-			if err != nil {
-				return err
-			}
-			if a.Target == r.ID {
+			if a, err := decodeFresh[aliasRecord](v); err == nil && a.Target == r.ID {
 				aliases = append(aliases, k)
 			}
 			return nil

@@ -69,6 +69,9 @@ func (c *Client) encrypt(ctx context.Context, r *keyRecord, alg types.Encryption
 			return nil, nil, validation("encryption context is not supported with asymmetric keys")
 		}
 		h, _ := oaepHash(alg)
+		if !c.supportsOAEP(h) {
+			return nil, nil, unsupported("the HSMs do not support %s", alg)
+		}
 		if max := rsaBits(r.Spec)/8 - 2*h.Size() - 2; len(pt) > max {
 			return nil, nil, validation("plaintext of %d bytes is too long for %s with %s: at most %d", len(pt), r.Spec, alg, max)
 		}
@@ -128,6 +131,9 @@ func (c *Client) decrypt(ctx context.Context, blob []byte, keyID *string, alg ty
 			return nil, nil, nil, "", validation("encryption context is not supported with asymmetric keys")
 		}
 		h, _ := oaepHash(alg)
+		if !c.supportsOAEP(h) {
+			return nil, nil, nil, "", unsupported("the HSMs do not support %s", alg)
+		}
 		pt, err := c.backend.DecryptOAEP(ctx, want.current().HSMKey, h, blob)
 		if err != nil {
 			return nil, nil, nil, "", backendErr(err, "RSA decryption")

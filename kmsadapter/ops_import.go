@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -41,6 +42,18 @@ func wrappingFor(a types.AlgorithmSpec) (hsm.Wrapping, error) {
 // GetParametersForImport rather than at ImportKeyMaterial.
 type profiler interface{ Info() hsm.TokenInfo }
 
+// supportsOAEP reports whether the HSMs do RSA-OAEP with h, as far as
+// the configuration or the Backend can tell.
+func (c *Client) supportsOAEP(h crypto.Hash) bool {
+	if c.cfg.OAEPHashes != nil {
+		return slices.Contains(c.cfg.OAEPHashes, h)
+	}
+	if p, ok := c.backend.(profiler); ok {
+		return p.Info().Profile.SupportsOAEP(h)
+	}
+	return true
+}
+
 func (c *Client) importable(r *keyRecord) error {
 	if r.Origin != types.OriginTypeExternal {
 		return unsupported("%s was not created for imported key material (Origin EXTERNAL).", c.keyARN(r.ID))
@@ -73,7 +86,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		default:
 			return nil, validation("1 validation error detected: Value '%s' at 'wrappingKeySpec' failed to satisfy constraint: Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096]", in.WrappingKeySpec)
 		}
-		if p, ok := c.backend.(profiler); ok && !p.Info().Profile.SupportsOAEP(w.Hash) {
+		if !c.supportsOAEP(w.Hash) {
 			return nil, unsupported("the HSMs do not support RSA-OAEP with %v, which %s needs", w.Hash, in.WrappingAlgorithm)
 		}
 		id, err := c.keyIDOf(in.KeyId)
@@ -82,7 +95,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		}
 		// Reserve a wrapping key name in the record before making the key.
 		var n int
-		r, err := c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
 			}
@@ -107,7 +120,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		_, _ = rand.Read(token[1:])
 		validTo := c.now().Add(c.cfg.ImportTokenTTL)
 		var old *importRecord
-		r, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		r, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
 			}
@@ -235,7 +248,7 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 		if model == types.ExpirationModelTypeKeyMaterialExpires {
 			validTo = ptr(in.ValidTo.UTC())
 		}
-		r, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		r, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
 			}
@@ -314,7 +327,7 @@ func (c *Client) deleteMaterial(ctx context.Context, id string) error {
 			return backendErr(err, "deleting key material")
 		}
 	}
-	_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 		if r.current().HSMKey != hk {
 			return nil // imported again meanwhile
 		}
@@ -343,7 +356,7 @@ func (c *Client) dropImport(ctx context.Context, id string, token []byte) error 
 	if err := c.backend.DestroyKey(ctx, r.Import.WrappingKey); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 		return backendErr(err, "destroying the import wrapping key")
 	}
-	_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 		if r.Import != nil && bytes.Equal(r.Import.Token, token) {
 			r.Import = nil
 		}

@@ -187,6 +187,10 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		r.Versions[0].MaterialID = ""
 	}
 	// Step 1: the record, in state Creating.
+	sealed, err := c.sealKey(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	err = c.update(ctx, func(tx Tx) error {
 		n := 0
 		if err := tx.ForEach(bucketKeys, "", func(string, []byte) error { n++; return nil }); err != nil {
@@ -195,7 +199,7 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		if n >= c.cfg.MaxKeys {
 			return limitExceeded("the account has the maximum of %d keys", c.cfg.MaxKeys)
 		}
-		return c.putKey(ctx, tx, r)
+		return tx.Put(bucketKeys, r.ID, sealed)
 	})
 	if err != nil {
 		return nil, storeErr(err)
@@ -219,7 +223,9 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 	if origin == types.OriginTypeExternal {
 		r.State = types.KeyStatePendingImport
 	}
-	err = c.update(ctx, func(tx Tx) error { return c.putKey(ctx, tx, r) })
+	if sealed, err = c.sealKey(ctx, r); err == nil {
+		err = c.update(ctx, func(tx Tx) error { return tx.Put(bucketKeys, r.ID, sealed) })
+	}
 	if err != nil {
 		// The record stays in Creating; New or Tick rolls it back.
 		return nil, storeErr(err)
@@ -334,7 +340,7 @@ func (c *Client) UpdateKeyDescription(ctx context.Context, in *kms.UpdateKeyDesc
 		if err != nil {
 			return err
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.notPendingDeletion(r); err != nil {
 				return err
 			}
@@ -382,7 +388,7 @@ func (c *Client) setEnabled(ctx context.Context, keyID *string, enable bool) err
 	if err != nil {
 		return err
 	}
-	_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 		switch r.State {
 		case types.KeyStateEnabled, types.KeyStateDisabled:
 		default:
@@ -416,7 +422,7 @@ func (c *Client) ScheduleKeyDeletion(ctx context.Context, in *kms.ScheduleKeyDel
 	if err != nil {
 		return nil, opError("ScheduleKeyDeletion", err)
 	}
-	r, err := c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 		if err := c.notPendingDeletion(r); err != nil {
 			return err
 		}
@@ -443,7 +449,7 @@ func (c *Client) CancelKeyDeletion(ctx context.Context, in *kms.CancelKeyDeletio
 	if err != nil {
 		return nil, opError("CancelKeyDeletion", err)
 	}
-	r, err := c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 		if r.State != types.KeyStatePendingDeletion {
 			return invalidState("%s is not pending deletion.", c.keyARN(r.ID))
 		}

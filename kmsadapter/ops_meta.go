@@ -1,6 +1,7 @@
 package kmsadapter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -25,14 +26,14 @@ func (c *Client) aliasTarget(ctx context.Context, target *string) (*keyRecord, e
 	return r, nil
 }
 
-func (c *Client) countAliases(ctx context.Context, tx Tx, keyID string) (int, error) {
+// countAliases counts the aliases of a key inside a transaction. It
+// decodes without verifying (no HSM call runs in a transaction); reads
+// of alias records verify them.
+func countAliases(tx Tx, keyID string) (int, error) {
 	n := 0
 	err := tx.ForEach(bucketAliases, "", func(k string, v []byte) error {
-		a, err := open[aliasRecord](ctx, c, bucketAliases, k, slices.Clone(v))
-		if err != nil {
-			return err
-		}
-		if a.Target == keyID {
+		a, err := decodeFresh[aliasRecord](v)
+		if err == nil && a.Target == keyID {
 			n++
 		}
 		return nil
@@ -54,21 +55,25 @@ func (c *Client) CreateAlias(ctx context.Context, in *kms.CreateAliasInput, _ ..
 		if err != nil {
 			return err
 		}
+		now := c.now()
+		sealed, err := c.sealAlias(ctx, &aliasRecord{Name: name, Target: r.ID, Created: now, Updated: now})
+		if err != nil {
+			return err
+		}
 		err = c.update(ctx, func(tx Tx) error {
 			if _, err := tx.Get(bucketAliases, name); err == nil {
 				return alreadyExists("An alias with the name %s already exists", c.aliasARN(name))
 			} else if !errors.Is(err, ErrNoRecord) {
 				return err
 			}
-			n, err := c.countAliases(ctx, tx, r.ID)
+			n, err := countAliases(tx, r.ID)
 			if err != nil {
 				return err
 			}
 			if n >= c.cfg.MaxAliasesPerKey {
 				return limitExceeded("%s has the maximum of %d aliases", c.keyARN(r.ID), c.cfg.MaxAliasesPerKey)
 			}
-			now := c.now()
-			return c.putAlias(ctx, tx, &aliasRecord{Name: name, Target: r.ID, Created: now, Updated: now})
+			return tx.Put(bucketAliases, name, sealed)
 		})
 		return storeErr(err)
 	}()
@@ -92,20 +97,39 @@ func (c *Client) UpdateAlias(ctx context.Context, in *kms.UpdateAliasInput, _ ..
 		if err != nil {
 			return err
 		}
+		var raw []byte
+		err = c.store.View(ctx, func(tx Tx) error {
+			var err error
+			raw, err = tx.Get(bucketAliases, name)
+			return err
+		})
+		if errors.Is(err, ErrNoRecord) {
+			return notFound("Alias %s is not found.", c.aliasARN(name))
+		}
+		if err != nil {
+			return err
+		}
+		a, err := open[aliasRecord](ctx, c, bucketAliases, name, raw)
+		if err != nil {
+			return err
+		}
+		sealed, err := c.sealAlias(ctx, &aliasRecord{Name: name, Target: r.ID, Created: a.Created, Updated: c.now()})
+		if err != nil {
+			return err
+		}
 		err = c.update(ctx, func(tx Tx) error {
-			raw, err := tx.Get(bucketAliases, name)
+			cur, err := tx.Get(bucketAliases, name)
 			if errors.Is(err, ErrNoRecord) {
 				return notFound("Alias %s is not found.", c.aliasARN(name))
 			}
 			if err != nil {
 				return err
 			}
-			a, err := open[aliasRecord](ctx, c, bucketAliases, name, raw)
-			if err != nil {
-				return err
+			if !bytes.Equal(cur, raw) {
+				return conflict("the alias %s changed concurrently; retry", name)
 			}
 			if a.Target != r.ID {
-				n, err := c.countAliases(ctx, tx, r.ID)
+				n, err := countAliases(tx, r.ID)
 				if err != nil {
 					return err
 				}
@@ -113,7 +137,7 @@ func (c *Client) UpdateAlias(ctx context.Context, in *kms.UpdateAliasInput, _ ..
 					return limitExceeded("%s has the maximum of %d aliases", c.keyARN(r.ID), c.cfg.MaxAliasesPerKey)
 				}
 			}
-			return c.putAlias(ctx, tx, &aliasRecord{Name: name, Target: r.ID, Created: a.Created, Updated: c.now()})
+			return tx.Put(bucketAliases, name, sealed)
 		})
 		return storeErr(err)
 	}()
@@ -219,7 +243,7 @@ func (c *Client) TagResource(ctx context.Context, in *kms.TagResourceInput, _ ..
 		if err != nil {
 			return err
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.notPendingDeletion(r); err != nil {
 				return err
 			}
@@ -251,7 +275,7 @@ func (c *Client) UntagResource(ctx context.Context, in *kms.UntagResourceInput, 
 		if in.TagKeys == nil {
 			return validation("1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null")
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.notPendingDeletion(r); err != nil {
 				return err
 			}
@@ -351,7 +375,7 @@ func (c *Client) PutKeyPolicy(ctx context.Context, in *kms.PutKeyPolicyInput, _ 
 		if err := validatePolicy(*in.Policy); err != nil {
 			return err
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			r.Policy = *in.Policy
 			return nil
 		})

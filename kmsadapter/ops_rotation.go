@@ -45,7 +45,7 @@ func (c *Client) EnableKeyRotation(ctx context.Context, in *kms.EnableKeyRotatio
 		if err != nil {
 			return err
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.rotatable(r); err != nil {
 				return err
 			}
@@ -71,7 +71,7 @@ func (c *Client) DisableKeyRotation(ctx context.Context, in *kms.DisableKeyRotat
 		if err != nil {
 			return err
 		}
-		_, err = c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.rotatable(r); err != nil {
 				return err
 			}
@@ -170,9 +170,9 @@ func (c *Client) rotate(ctx context.Context, id string, typ types.RotationType) 
 		return nil, backendErr(err, "rotating the key")
 	}
 	now := c.now()
-	out, err := c.updateKey(ctx, id, func(_ Tx, r *keyRecord) error {
+	out, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 		if len(r.Versions)+1 != n {
-			return &apiErr{&types.ConflictException{Message: msg("the key was rotated concurrently")}, 400}
+			return conflict("the key was rotated concurrently")
 		}
 		r.Versions = append(r.Versions, versionRecord{N: n, Created: now, Type: typ, MaterialID: randomMaterialID(), Present: true, HSMKey: hk})
 		switch typ {

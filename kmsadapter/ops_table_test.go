@@ -9,6 +9,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkms/hsmkms/cluster"
 )
 
 func keyARN(id string) string { return "arn:aws:kms:us-east-1:111122223333:key/" + id }
@@ -19,7 +21,11 @@ const missingKey = "0f0e0d0c-0b0a-4908-8706-050403020100"
 // with the exception the AWS KMS API reference gives for the condition.
 // Rows run in order; rows that change state use keys of their own.
 func TestOperationTable(t *testing.T) {
-	e := newEnv(t)
+	t.Run("token", func(t *testing.T) { operationTable(t, newEnv(t)) })
+	t.Run("cluster of 3", func(t *testing.T) { operationTable(t, newEnvOnCluster(t)) })
+}
+
+func operationTable(t *testing.T, e *env) {
 	c := e.c
 	const (
 		SignV  = types.KeyUsageTypeSignVerify
@@ -889,6 +895,11 @@ func TestOperationTable(t *testing.T) {
 		t.Run(row.name, func(t *testing.T) {
 			err := row.call()
 			require.Equal(t, row.want, code(err), "error: %v", err)
+			if cl, ok := e.backend.(*cluster.Cluster); ok {
+				for _, m := range cl.Members() {
+					require.Equal(t, cluster.Healthy, m.State, "a caller's error is not held against member %s (%s)", m.Name, m.Reason)
+				}
+			}
 		})
 	}
 }
