@@ -59,7 +59,9 @@
 // RSA ciphertexts (RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256) are the raw
 // RSA-OAEP output, as at AWS: Decrypt needs KeyId and EncryptionAlgorithm.
 // SoftHSM 2.6 offers RSA-OAEP with SHA-1 only; RSAES_OAEP_SHA_256 then
-// fails with UnsupportedOperationException.
+// fails with UnsupportedOperationException. Config.OAEPHashes says which
+// hashes the HSMs take, so that other requests are refused before they
+// reach them; an *hsm.Token backend tells by itself.
 //
 // # Metadata
 //
@@ -73,6 +75,15 @@
 // names each bad one (see IntegrityError); an API call that meets one
 // fails with KMSInternalException and the record is logged. Rolling a
 // record back to an older sealed version of itself is not detected.
+//
+// No HSM call runs inside a store transaction: records are sealed
+// before the transaction, which writes them only if the record read is
+// still the one stored (and retries otherwise). That keeps transactions
+// short and lets the Backend use the same store: with a cluster, Catalog
+// keeps the cluster's catalog (which HSM keys must exist, tombstones of
+// destroyed ones) in the adapter's Store, so one file or database holds
+// both. Catalog records are not sealed: the catalog exists before the
+// Client, and they hold only key names.
 //
 // CreateKey writes a record in state Creating, creates the HSM key, then
 // marks the record complete. New and Tick roll back records left in
@@ -96,11 +107,18 @@
 //
 // # Concurrency
 //
-// A Client is safe for concurrent use. Cryptographic calls read the key's
-// record from the store and check its seal only when its bytes changed
-// since the last check, so the hot path makes one HSM call. Changes to
-// records run in store transactions; rotations of this process are
-// serialized.
+// A Client is safe for concurrent use. Cryptographic calls make one HSM
+// call: key and alias records whose seal was verified are served from
+// memory for Config.MetadataCacheTTL (1 s by default; changes made
+// through the Client are seen at once, changes by another process
+// sharing the store and tampering within the TTL), and a record read
+// again is verified again only if its bytes changed. Rotations of one
+// process are serialized.
+//
+// Every version of every key is its own HSM key, and HSM key IDs are
+// never reused (a cluster refuses to), so re-imported material and a
+// rotation retried after a crash get fresh names, recorded with the
+// version.
 //
 // # Errors
 //
