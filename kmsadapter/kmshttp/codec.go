@@ -59,7 +59,7 @@ func assign(v reflect.Value, x any, path string) error {
 		}
 		v.Set(e)
 	case reflect.String:
-		s, ok := x.(string)
+		s, ok := stringOf(x)
 		if !ok {
 			return wrong("a string")
 		}
@@ -82,15 +82,21 @@ func assign(v reflect.Value, x any, path string) error {
 		v.SetInt(i)
 	case reflect.Slice:
 		if v.Type().Elem().Kind() == reflect.Uint8 {
-			s, ok := x.(string)
-			if !ok {
+			var src []byte
+			switch s := x.(type) {
+			case rawString:
+				src = s // decoded straight from the request body
+			case string:
+				src = []byte(s)
+			default:
 				return wrong("a base64 string")
 			}
-			b, err := base64.StdEncoding.DecodeString(s)
+			b := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
+			n, err := base64.StdEncoding.Decode(b, src)
 			if err != nil {
 				return serializationErr("%s is not valid base64", name())
 			}
-			v.SetBytes(b)
+			v.SetBytes(b[:n])
 			return nil
 		}
 		a, ok := x.([]any)
@@ -163,9 +169,21 @@ func assign(v reflect.Value, x any, path string) error {
 	return nil
 }
 
+// stringOf returns the value of a JSON string, whichever form the parser
+// gave it.
+func stringOf(x any) (string, bool) {
+	switch s := x.(type) {
+	case string:
+		return s, true
+	case rawString:
+		return string(s), true
+	}
+	return "", false
+}
+
 func jsonKind(x any) string {
 	switch x.(type) {
-	case string:
+	case string, rawString:
 		return "a string"
 	case bool:
 		return "a boolean"
@@ -211,11 +229,8 @@ func encode(buf *bytes.Buffer, v reflect.Value) error {
 		if v.Type().Elem().Kind() == reflect.Uint8 {
 			b := v.Bytes()
 			buf.WriteByte('"')
-			n := base64.StdEncoding.EncodedLen(len(b))
-			buf.Grow(n + 1)
-			start := buf.Len()
-			buf.Write(make([]byte, n)) // room, overwritten below
-			base64.StdEncoding.Encode(buf.Bytes()[start:start+n], b)
+			buf.Grow(base64.StdEncoding.EncodedLen(len(b)) + 1)
+			buf.Write(base64.StdEncoding.AppendEncode(buf.AvailableBuffer(), b)) // encodes in place: no copy allocated
 			buf.WriteByte('"')
 			return nil
 		}
