@@ -3,7 +3,6 @@ package kmsadapter_test
 import (
 	"crypto"
 	"crypto/sha256"
-	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,32 +124,6 @@ func BenchmarkOps(b *testing.B) {
 	})
 }
 
-// BenchmarkEncryptKeys encrypts 4 KiB round-robin over 10 and over 1,000
-// keys, at 8 goroutines.
-func BenchmarkEncryptKeys(b *testing.B) {
-	e := benchCluster(b)
-	var keys []string
-	pt := make([]byte, 4096)
-	for _, n := range []int{10, 1000} {
-		for len(keys) < n {
-			keys = append(keys, createKey(b, e.c))
-		}
-		set := keys[:n]
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
-			var mu sync.Mutex
-			next := 0
-			parallel8(b, func() error {
-				mu.Lock()
-				k := set[next%len(set)]
-				next++
-				mu.Unlock()
-				_, err := e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(k), Plaintext: pt})
-				return err
-			})
-		})
-	}
-}
-
 // runN runs fn n times over 8 goroutines and returns the elapsed time.
 func runN(n int, fn func() error) (time.Duration, error) {
 	var wg sync.WaitGroup
@@ -210,7 +183,7 @@ func BenchmarkRatio(b *testing.B) {
 		if keys != nil {
 			return
 		}
-		keys := make([]string, 1000)
+		keys = make([]string, 1000)
 		var wg sync.WaitGroup
 		for w := range 8 {
 			wg.Add(1)
