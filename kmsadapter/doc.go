@@ -6,8 +6,14 @@
 // Code that holds the KMS client behind an interface, as AWS advises for
 // testing, keeps working unchanged:
 //
-//	var k kmsadapter.API = kms.NewFromConfig(awsCfg)          // AWS KMS
-//	var k kmsadapter.API, _ = kmsadapter.New(cluster, nil, cfg) // your HSMs
+//	func protect(ctx context.Context, api kmsadapter.API) error { ... } // application code
+//
+//	err := protect(ctx, kms.NewFromConfig(awsCfg))   // on AWS KMS
+//
+//	store, _ := kmsadapter.OpenBoltStore("/var/lib/hsmkms/kms.db")
+//	cl, _ := cluster.New(ctx, clusterCfg, cluster.WithCatalog(kmsadapter.NewCatalog(store)))
+//	client, _ := kmsadapter.New(cl, store, kmsadapter.DefaultConfig())
+//	err = protect(ctx, client)                        // on your HSMs, unchanged
 //
 // API lists the methods; *kms.Client and *Client both satisfy it, which
 // the package asserts at compile time. Inputs, outputs and semantics are
