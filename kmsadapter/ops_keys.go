@@ -260,17 +260,15 @@ func (c *Client) DescribeKey(ctx context.Context, in *kms.DescribeKeyInput, _ ..
 	return &kms.DescribeKeyOutput{KeyMetadata: c.metadata(r)}, nil
 }
 
-// page validates Limit and Marker of a List call.
+// page validates Limit (1 to max, as each List operation documents it;
+// 100 or max by default) and Marker of a List call.
 func page(limit *int32, marker *string, max int32) (int, string, error) {
-	n := int32(100)
-	if max < 100 {
-		n = max
-	}
+	n := min(int32(100), max)
 	if limit != nil {
-		if *limit < 1 || *limit > 1000 {
-			return 0, "", validation("1 validation error detected: Value '%d' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000", *limit)
+		if *limit < 1 || *limit > max {
+			return 0, "", validation("1 validation error detected: Value '%d' at 'limit' failed to satisfy constraint: Member must have value between 1 and %d", *limit, max)
 		}
-		n = min(*limit, max)
+		n = *limit
 	}
 	m := deref(marker)
 	if marker != nil && (m == "" || len(m) > 1024) {

@@ -702,7 +702,8 @@ func operationTable(t *testing.T, e *env) {
 			return err
 		}},
 		{"ListAliases/of an unknown key", NotFound, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{KeyId: str(missingKey)}); return err }},
-		{"ListAliases/Limit 101", Validation, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{Limit: i32(1001)}); return err }},
+		{"ListAliases/Limit 100", ok, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{Limit: i32(100)}); return err }},
+		{"ListAliases/Limit 101", Validation, func() error { _, err := c.ListAliases(bg, &kms.ListAliasesInput{Limit: i32(101)}); return err }},
 		{"DeleteAlias/ok", ok, func() error {
 			_, err := c.DeleteAlias(bg, &kms.DeleteAliasInput{AliasName: str("alias/app/one")})
 			return err
@@ -745,7 +746,7 @@ func operationTable(t *testing.T, e *env) {
 			return err
 		}},
 		{"ListResourceTags/Limit 51", Validation, func() error {
-			_, err := c.ListResourceTags(bg, &kms.ListResourceTagsInput{KeyId: str(symMut), Limit: i32(1001)})
+			_, err := c.ListResourceTags(bg, &kms.ListResourceTagsInput{KeyId: str(symMut), Limit: i32(51)})
 			return err
 		}},
 
