@@ -50,10 +50,10 @@ type env struct {
 	t       testing.TB
 	tok     *hsm.Token         // nil on a cluster
 	backend kmsadapter.Backend // tok, or a cluster
-	store kmsadapter.Store
-	clock *fakeClock
-	c     *kmsadapter.Client
-	cfg   kmsadapter.Config
+	store   kmsadapter.Store
+	clock   *fakeClock
+	c       *kmsadapter.Client
+	cfg     kmsadapter.Config
 }
 
 func openToken(t testing.TB) *hsm.Token {
