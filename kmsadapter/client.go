@@ -437,16 +437,17 @@ func (c *Client) notPendingDeletion(r *keyRecord) error {
 
 func (c *Client) metadata(r *keyRecord) *types.KeyMetadata {
 	m := &types.KeyMetadata{
-		KeyId:                 ptr(r.ID),
-		Arn:                   c.arnOf(r),
-		AWSAccountId:          ptr(c.cfg.AccountID),
-		CreationDate:          ptr(r.Created),
-		Enabled:               r.State == types.KeyStateEnabled,
-		Description:           ptr(r.Description),
-		KeyUsage:              r.Usage,
-		KeyState:              r.State,
-		Origin:                r.Origin,
-		KeyManager:            types.KeyManagerTypeCustomer,
+		KeyId:        ptr(r.ID),
+		Arn:          c.arnOf(r),
+		AWSAccountId: ptr(c.cfg.AccountID),
+		CreationDate: ptr(r.Created),
+		Enabled:      r.State == types.KeyStateEnabled,
+		Description:  ptr(r.Description),
+		KeyUsage:     r.Usage,
+		KeyState:     r.State,
+		Origin:       r.Origin,
+		KeyManager:   types.KeyManagerTypeCustomer,
+		//lint:ignore SA1019 AWS still returns the deprecated field, and callers may read it
 		CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
 		KeySpec:               r.Spec,
 		EncryptionAlgorithms:  r.encryptionAlgorithms(),

@@ -95,7 +95,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		}
 		// Reserve a wrapping key name in the record before making the key.
 		var n int
-		r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
+		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
 			}
@@ -120,7 +120,7 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		_, _ = rand.Read(token[1:])
 		validTo := c.now().Add(c.cfg.ImportTokenTTL)
 		var old *importRecord
-		r, err = c.updateKey(ctx, id, func(r *keyRecord) error {
+		r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
 			}

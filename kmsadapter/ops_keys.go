@@ -110,11 +110,13 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		return nil, unsupported("custom key stores are not supported; every key lives on the HSM cluster")
 	case deref(in.MultiRegion):
 		return nil, unsupported("multi-Region keys are not supported")
+	//lint:ignore SA1019 AWS still accepts the deprecated parameter
 	case in.KeySpec != "" && in.CustomerMasterKeySpec != "":
 		return nil, validation("KeySpec and CustomerMasterKeySpec cannot both be specified; use KeySpec")
 	}
 	spec := in.KeySpec
 	if spec == "" {
+		//lint:ignore SA1019 AWS still accepts the deprecated parameter
 		spec = types.KeySpec(in.CustomerMasterKeySpec)
 	}
 	if spec == "" {

@@ -128,8 +128,10 @@ func (c *Client) GetPublicKey(ctx context.Context, in *kms.GetPublicKeyInput, _ 
 			return nil, backendErr(err, "reading the public key")
 		}
 		return &kms.GetPublicKeyOutput{
-			KeyId: c.arnOf(r), PublicKey: der, KeySpec: r.Spec, CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
-			KeyUsage: r.Usage, EncryptionAlgorithms: r.encryptionAlgorithms(), SigningAlgorithms: r.signingAlgorithms(),
+			KeyId: c.arnOf(r), PublicKey: der, KeySpec: r.Spec,
+			//lint:ignore SA1019 AWS still returns the deprecated field, and callers may read it
+			CustomerMasterKeySpec: types.CustomerMasterKeySpec(r.Spec),
+			KeyUsage:              r.Usage, EncryptionAlgorithms: r.encryptionAlgorithms(), SigningAlgorithms: r.signingAlgorithms(),
 		}, nil
 	}()
 	return out, opError("GetPublicKey", err)

@@ -539,6 +539,7 @@ func operationTable(t *testing.T, e *env) {
 		}},
 		{"CreateKey/unknown spec", Validation, func() error { _, err := c.CreateKey(bg, &kms.CreateKeyInput{KeySpec: "AES_999"}); return err }},
 		{"CreateKey/KeySpec and CustomerMasterKeySpec", Validation, func() error {
+			//lint:ignore SA1019 the deprecated parameter is what is tested
 			_, err := c.CreateKey(bg, &kms.CreateKeyInput{KeySpec: types.KeySpecSymmetricDefault, CustomerMasterKeySpec: types.CustomerMasterKeySpecSymmetricDefault})
 			return err
 		}},
