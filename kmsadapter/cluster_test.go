@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,6 +136,8 @@ func TestOnCluster(t *testing.T) {
 	require.NotEqual(t, cluster.Healthy, e.cl.Members()[0].State, "the crash was noticed during the stream")
 	require.NoError(t, e.sh.Members[0].Restart())
 	waitCalls(200)
+	require.NoError(t, e.cl.CheckHealth(bg)) // probe now: the restarted member is re-synced and rejoins
+	require.Equal(t, cluster.Healthy, e.cl.Members()[0].State, "%+v", e.cl.Members()[0])
 	close(stop)
 	wg.Wait()
 	require.Zero(t, failures.Load(), "of %d calls; first error: %v", calls.Load(), firstErr.Load())
@@ -163,4 +166,24 @@ func TestOnCluster(t *testing.T) {
 	require.True(t, rec.Destroyed, "the catalog keeps a tombstone")
 	_, err = e.cl.Describe(bg, hsm.KeyID(sym+"/v1"))
 	require.Error(t, err)
+	// Read each member's token directly: the material is gone everywhere,
+	// the imported key is everywhere.
+	for _, m := range e.sh.Members {
+		tok, err := hsm.Open(bg, m.Config(), hsm.WithInterceptor(m.Faults))
+		require.NoError(t, err)
+		infos, err := tok.ListKeys(bg)
+		require.NoError(t, err)
+		require.NoError(t, tok.Close())
+		var symKeys, extKeys int
+		for _, i := range infos {
+			switch {
+			case strings.HasPrefix(string(i.ID), sym+"/"):
+				symKeys++
+			case strings.HasPrefix(string(i.ID), extID+"/v1."):
+				extKeys++
+			}
+		}
+		require.Zero(t, symKeys, "member %d still holds the deleted key (%+v)", m.Index, e.cl.Members()[m.Index])
+		require.Equal(t, 1, extKeys, "member %d holds the imported material", m.Index)
+	}
 }
