@@ -41,6 +41,7 @@ type fileConfig struct {
 		IdleTimeout     duration  `yaml:"idle_timeout"`
 		ShutdownTimeout duration  `yaml:"shutdown_timeout"`
 		MaxSkew         duration  `yaml:"max_skew"`
+		ReplayGrace     *duration `yaml:"replay_grace"`
 		KeyCacheTTL     *duration `yaml:"key_cache_ttl"`
 	} `yaml:"limits"`
 }
@@ -225,9 +226,13 @@ func (fc *fileConfig) resolve() (serverConfig, error) {
 		}
 	}
 	// Callers.
-	sc.SigV4 = kmshttp.SigV4Config{Region: sc.Adapter.Region, MaxSkew: kmshttp.DefaultMaxSkew}
+	sc.SigV4 = kmshttp.DefaultSigV4Config()
+	sc.SigV4.Region = sc.Adapter.Region
 	if fc.Limits.MaxSkew.Duration > 0 {
 		sc.SigV4.MaxSkew = fc.Limits.MaxSkew.Duration
+	}
+	if fc.Limits.ReplayGrace != nil {
+		sc.SigV4.ReplayGrace = fc.Limits.ReplayGrace.Duration
 	}
 	if len(fc.Credentials) == 0 {
 		bad("credentials", "missing: at least one access key for the callers")

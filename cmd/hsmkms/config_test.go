@@ -56,6 +56,7 @@ limits:
   max_body_bytes: 65536
   write_timeout: 5s
   key_cache_ttl: 0s
+  replay_grace: 0s
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +70,9 @@ limits:
 	}
 	if cfg.SigV4.Credentials[0].SecretAccessKey.Reveal() != "a-secret-of-forty-characters-0123456789" {
 		t.Fatal("the secret was not read from its file")
+	}
+	if cfg.SigV4.ReplayGrace != 0 || cfg.SigV4.MaxSkew != 5*time.Minute {
+		t.Fatalf("sigv4: %+v", cfg.SigV4)
 	}
 	if cfg.HTTP.MaxBodyBytes != 65536 || cfg.HTTP.KeyCacheTTL != 0 || cfg.WriteTimeout != 5*time.Second || cfg.ReadTimeout != 10*time.Second {
 		t.Fatalf("limits: %+v %v %v", cfg.HTTP, cfg.WriteTimeout, cfg.ReadTimeout)

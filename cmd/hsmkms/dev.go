@@ -114,9 +114,11 @@ func devConfig(dir, listen, lib string, st devState) serverConfig {
 		tc.ModulePath, tc.TokenLabel, tc.PIN = lib, devLabel(i), hsm.NewPIN(st.UserPIN)
 		cfg.Cluster.Members = append(cfg.Cluster.Members, cluster.MemberConfig{Name: fmt.Sprintf("softhsm-%d", i), Token: tc, SOPIN: hsm.NewPIN(st.SOPIN)})
 	}
-	cfg.SigV4 = kmshttp.SigV4Config{Region: devRegion, MaxSkew: kmshttp.DefaultMaxSkew, Credentials: []kmshttp.Credential{{
+	cfg.SigV4 = kmshttp.DefaultSigV4Config()
+	cfg.SigV4.Region = devRegion
+	cfg.SigV4.Credentials = []kmshttp.Credential{{
 		AccessKeyID: st.AccessKeyID, SecretAccessKey: kmshttp.NewSecret(st.SecretAccessKey), PrincipalARN: devPrincipal,
-	}}}
+	}}
 	return cfg
 }
 

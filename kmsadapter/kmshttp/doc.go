@@ -3,7 +3,9 @@
 // cluster by pointing their KMS endpoint at it (AWS_ENDPOINT_URL_KMS, or
 // --endpoint-url).
 //
-//	auth, _ := kmshttp.NewSigV4(kmshttp.SigV4Config{Region: "us-east-1", Credentials: creds, MaxSkew: kmshttp.DefaultMaxSkew})
+//	sc := kmshttp.DefaultSigV4Config()
+//	sc.Region, sc.Credentials = "us-east-1", creds
+//	auth, _ := kmshttp.NewSigV4(sc)
 //	h, _ := kmshttp.New(adapter, auth, kmshttp.DefaultConfig())
 //	http.ListenAndServeTLS(":443", cert, key, h)
 //
@@ -25,7 +27,10 @@
 // access key pair standing for an IAM principal ARN. The expected
 // signature is computed by aws-sdk-go-v2's own signer over the headers the
 // caller signed and the body as received. A request is accepted within
-// MaxSkew (5 minutes, as AWS) of its X-Amz-Date, and only once.
+// MaxSkew (5 minutes, as AWS) of its X-Amz-Date, and a signature already
+// seen is refused once SigV4Config.ReplayGrace (2 seconds) has passed
+// since it was first seen: clients built on botocore sign no nonce, so
+// their identical calls within one second share a signature.
 //
 // # Authorization
 //

@@ -41,7 +41,9 @@ func ExampleHandler_Transport() {
 		SecretAccessKey: kmshttp.NewSecret("example-secret-0123456789"),
 		PrincipalARN:    "arn:aws:iam::111122223333:user/app",
 	}
-	auth, err := kmshttp.NewSigV4(kmshttp.SigV4Config{Region: "us-east-1", Credentials: []kmshttp.Credential{cred}, MaxSkew: kmshttp.DefaultMaxSkew})
+	sc := kmshttp.DefaultSigV4Config()
+	sc.Region, sc.Credentials = "us-east-1", []kmshttp.Credential{cred}
+	auth, err := kmshttp.NewSigV4(sc)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -39,6 +39,7 @@ const (
 	DefaultMaxBodyBytes = 1 << 20
 	DefaultKeyCacheTTL  = 2 * time.Second
 	DefaultMaxSkew      = 5 * time.Minute
+	DefaultReplayGrace  = 2 * time.Second
 )
 
 // DefaultConfig returns a Config with every field set.

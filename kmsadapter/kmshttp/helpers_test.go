@@ -108,7 +108,9 @@ func newEnvOver(t testing.TB, a *kmsadapter.Client, o envOpt) *env {
 	if o.clock != nil {
 		sopts = append(sopts, kmshttp.WithSigV4Clock(o.clock))
 	}
-	auth, err := kmshttp.NewSigV4(kmshttp.SigV4Config{Region: region, Credentials: []kmshttp.Credential{alice, bob}, MaxSkew: kmshttp.DefaultMaxSkew}, sopts...)
+	sc := kmshttp.DefaultSigV4Config()
+	sc.Region, sc.Credentials = region, []kmshttp.Credential{alice, bob}
+	auth, err := kmshttp.NewSigV4(sc, sopts...)
 	require.NoError(t, err)
 	cfg := kmshttp.DefaultConfig()
 	if o.cfg != nil {

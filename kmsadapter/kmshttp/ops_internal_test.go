@@ -23,7 +23,7 @@ func TestEveryAPIMethodIsServed(t *testing.T) {
 
 func TestReplayCacheWindow(t *testing.T) {
 	var c replayCache
-	c.init(10 * time.Minute)
+	c.init(10*time.Minute, 0)
 	t0 := time.Unix(1_800_000_000, 0)
 	sig := func(b byte) []byte { s := make([]byte, 32); s[0], s[31] = b, b; return s }
 	if !c.add(sig(1), t0) || c.add(sig(1), t0) {
@@ -45,5 +45,18 @@ func TestReplayCacheWindow(t *testing.T) {
 	_, inCur := sh.cur[[16]byte(sig(1)[:16])]
 	if inPrev || inCur {
 		t.Fatal("a signature older than two windows is still held")
+	}
+}
+
+func TestReplayGrace(t *testing.T) {
+	var c replayCache
+	c.init(10*time.Minute, 2*time.Second)
+	t0 := time.Unix(1_800_000_000, 0)
+	sig := make([]byte, 32)
+	if !c.add(sig, t0) || !c.add(sig, t0.Add(time.Second)) || !c.add(sig, t0.Add(2*time.Second)) {
+		t.Fatal("a repeat within the grace was refused")
+	}
+	if c.add(sig, t0.Add(2*time.Second+time.Nanosecond)) || c.add(sig, t0.Add(5*time.Minute)) {
+		t.Fatal("a repeat after the grace was accepted")
 	}
 }

@@ -104,7 +104,9 @@ func TestPolicyPrincipalsActionsConditions(t *testing.T) {
 func TestIdentityActions(t *testing.T) {
 	limited := bob
 	limited.Actions = []string{"kms:Encrypt", "kms:Describe*"}
-	a, err := kmshttp.NewSigV4(kmshttp.SigV4Config{Region: region, Credentials: []kmshttp.Credential{alice, limited}, MaxSkew: kmshttp.DefaultMaxSkew})
+	sc := kmshttp.DefaultSigV4Config()
+	sc.Region, sc.Credentials = region, []kmshttp.Credential{alice, limited}
+	a, err := kmshttp.NewSigV4(sc)
 	require.NoError(t, err)
 	e := newEnv(t, envOpt{})
 	h, err := kmshttp.New(e.adapter, a, kmshttp.DefaultConfig())

@@ -135,6 +135,21 @@ type SigV4Config struct {
 	// MaxSkew is how far a request's X-Amz-Date may be from the server's
 	// clock, either way: 5 minutes at AWS.
 	MaxSkew time.Duration
+	// ReplayGrace is how long after a signature is first seen the same
+	// signature is still accepted. A request seen again later is a
+	// replay, and refused, for as long as its signature is valid. Clients
+	// built on botocore (the AWS CLI, boto3) sign no nonce: the same call
+	// made twice within one second, or retried within it, carries the same
+	// signature, and the grace lets it through. aws-sdk-go-v2 signs an
+	// invocation ID and attempt number, so its requests never repeat; with
+	// only such clients, 0 refuses every repeat.
+	ReplayGrace time.Duration
+}
+
+// DefaultSigV4Config returns a configuration with AWS's 5-minute skew and
+// a 2-second replay grace; the caller sets Region and Credentials.
+func DefaultSigV4Config() SigV4Config {
+	return SigV4Config{MaxSkew: DefaultMaxSkew, ReplayGrace: DefaultReplayGrace}
 }
 
 // Validate checks the configuration.
@@ -159,6 +174,9 @@ func (c SigV4Config) Validate() error {
 	if c.MaxSkew <= 0 {
 		errs = append(errs, fmt.Errorf("MaxSkew is %v, want more than 0", c.MaxSkew))
 	}
+	if c.ReplayGrace < 0 || c.ReplayGrace > c.MaxSkew {
+		errs = append(errs, fmt.Errorf("ReplayGrace is %v, want 0 to MaxSkew", c.ReplayGrace))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("kmshttp: sigv4 config: %w", errors.Join(errs...))
 	}
@@ -169,8 +187,9 @@ func (c SigV4Config) Validate() error {
 // the service "kms", as every AWS SDK and the AWS CLI sign them. The
 // expected signature is computed by aws-sdk-go-v2's own v4 signer over
 // the headers the caller says it signed and the SHA-256 of the body as
-// received. A request is accepted within MaxSkew of its X-Amz-Date, and
-// only once: a signature seen before is refused (replay protection).
+// received. A request is accepted within MaxSkew of its X-Amz-Date; a
+// signature seen more than ReplayGrace before is refused (replay
+// protection).
 //
 // Headers that aws-sdk-go-v2's signer never signs (User-Agent, Expect,
 // Transfer-Encoding, X-Amzn-Trace-Id) cannot be verified, and a request
@@ -210,7 +229,7 @@ func NewSigV4(cfg SigV4Config, opts ...SigV4Option) (*SigV4, error) {
 		s.byKey[c.AccessKeyID] = &c
 	}
 	s.signer = v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = false })
-	s.seen.init(2 * cfg.MaxSkew)
+	s.seen.init(2*cfg.MaxSkew, cfg.ReplayGrace)
 	return s, nil
 }
 
@@ -336,7 +355,7 @@ func (s *SigV4) Authenticate(r *http.Request, body []byte) (*Principal, error) {
 		return nil, invalidSig(badSignatureMsg)
 	}
 	if !s.seen.add(got, now) {
-		return nil, invalidSig("The request signature has been used before: a signed request is accepted only once.")
+		return nil, invalidSig("The request signature has been used before: a signed request is not accepted again %v after it was first seen.", s.cfg.ReplayGrace)
 	}
 	return &Principal{ARN: cred.PrincipalARN, AccountID: accountOf(cred.PrincipalARN), AccessKeyID: cred.AccessKeyID, Actions: cred.Actions}, nil
 }
@@ -399,24 +418,27 @@ func (s *SigV4) expected(r *http.Request, a authHeader, cred *Credential, payloa
 // 40 bytes each, some 100 MB at 5,000 requests per second with the
 // default 5-minute skew (ttl 10 minutes).
 type replayCache struct {
-	ttl    time.Duration
-	shards [32]replayShard
+	ttl, grace time.Duration
+	shards     [32]replayShard
 }
 
+// replayShard maps the first half of each signature (collisions are as
+// unlikely as forging one) to when it was first seen, in Unix nanoseconds.
 type replayShard struct {
 	mu        sync.Mutex
-	cur, prev map[[16]byte]struct{} // the first half of each signature: collisions are as unlikely as forging one
+	cur, prev map[[16]byte]int64
 	rotated   time.Time
 }
 
-func (c *replayCache) init(ttl time.Duration) {
-	c.ttl = ttl
+func (c *replayCache) init(ttl, grace time.Duration) {
+	c.ttl, c.grace = ttl, grace
 	for i := range c.shards {
-		c.shards[i].cur = map[[16]byte]struct{}{}
+		c.shards[i].cur = map[[16]byte]int64{}
 	}
 }
 
-// add records sig and reports whether it was new.
+// add records sig and reports whether it may be served: it is new, or was
+// first seen no more than the grace before now.
 func (c *replayCache) add(sig []byte, now time.Time) bool {
 	var k [16]byte
 	copy(k[:], sig)
@@ -432,15 +454,16 @@ func (c *replayCache) add(sig []byte, now time.Time) bool {
 		} else {
 			sh.prev = sh.cur
 		}
-		sh.cur = map[[16]byte]struct{}{}
+		sh.cur = map[[16]byte]int64{}
 		sh.rotated = now
 	}
-	if _, ok := sh.cur[k]; ok {
-		return false
+	first, ok := sh.cur[k]
+	if !ok {
+		first, ok = sh.prev[k]
 	}
-	if _, ok := sh.prev[k]; ok {
-		return false
+	if ok {
+		return c.grace > 0 && now.UnixNano()-first <= int64(c.grace)
 	}
-	sh.cur[k] = struct{}{}
+	sh.cur[k] = now.UnixNano()
 	return true
 }

@@ -12,7 +12,7 @@ import (
 // SigV4: it never panics, never accepts, and always answers with an AWS
 // authentication error.
 func FuzzAuthenticate(f *testing.F) {
-	s, err := NewSigV4(SigV4Config{Region: "us-east-1", MaxSkew: DefaultMaxSkew, Credentials: []Credential{{
+	s, err := NewSigV4(SigV4Config{Region: "us-east-1", MaxSkew: DefaultMaxSkew, ReplayGrace: DefaultReplayGrace, Credentials: []Credential{{
 		AccessKeyID: "AKIAFUZZ000000000000", SecretAccessKey: NewSecret("fuzz-secret-0123456789"), PrincipalARN: "arn:aws:iam::111122223333:user/fuzz",
 	}}}, WithSigV4Clock(fixedClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}))
 	if err != nil {
