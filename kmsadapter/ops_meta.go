@@ -113,6 +113,12 @@ func (c *Client) UpdateAlias(ctx context.Context, in *kms.UpdateAliasInput, _ ..
 		if err != nil {
 			return err
 		}
+		// The new key must be of the same type and usage as the current one.
+		// (AWS documents the rule but not its exception; ValidationException
+		// is our reading.)
+		if cur, err := c.getKey(ctx, a.Target); err == nil && (keyClass(cur.Spec) != keyClass(r.Spec) || cur.Usage != r.Usage) {
+			return validation("alias %s names a %s key for %s; %s is a %s key for %s", name, keyClass(cur.Spec), cur.Usage, c.keyARN(r.ID), keyClass(r.Spec), r.Usage)
+		}
 		sealed, err := c.sealAlias(ctx, &aliasRecord{Name: name, Target: r.ID, Created: a.Created, Updated: c.now()})
 		if err != nil {
 			return err

@@ -687,6 +687,10 @@ func operationTable(t *testing.T, e *env) {
 			}
 			return err
 		}},
+		{"UpdateAlias/to a key of another type", Validation, func() error {
+			_, err := c.UpdateAlias(bg, &kms.UpdateAliasInput{AliasName: str("alias/app/one"), TargetKeyId: str(rsaEnc)})
+			return err
+		}},
 		{"UpdateAlias/unknown alias", NotFound, func() error {
 			_, err := c.UpdateAlias(bg, &kms.UpdateAliasInput{AliasName: str("alias/none"), TargetKeyId: str(sym)})
 			return err

@@ -42,6 +42,18 @@ func isRSA(s types.KeySpec) bool {
 
 func isHMAC(s types.KeySpec) bool { return keySpecs[s].mac != "" }
 
+// keyClass is the type of key UpdateAlias keeps: symmetric, asymmetric
+// or HMAC.
+func keyClass(s types.KeySpec) string {
+	switch {
+	case s == types.KeySpecSymmetricDefault:
+		return "symmetric"
+	case isHMAC(s):
+		return "HMAC"
+	}
+	return "asymmetric"
+}
+
 func hsmUsage(u types.KeyUsageType) hsm.Usage {
 	if u == types.KeyUsageTypeEncryptDecrypt {
 		return hsm.UsageEncrypt
