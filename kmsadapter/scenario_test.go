@@ -20,9 +20,14 @@ import (
 // TestScenarioThroughAPI makes every call of the API interface through
 // the interface only, as code written for *kms.Client would.
 func TestScenarioThroughAPI(t *testing.T) {
-	e := newEnv(t)
-	var api kmsadapter.API = e.c
-	scenario(t, api)
+	t.Run("token", func(t *testing.T) {
+		var api kmsadapter.API = newEnv(t).c
+		scenario(t, api)
+	})
+	t.Run("cluster of 3", func(t *testing.T) {
+		var api kmsadapter.API = newEnvOnCluster(t).c
+		scenario(t, api)
+	})
 }
 
 func scenario(t *testing.T, api kmsadapter.API) {
