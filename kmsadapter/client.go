@@ -81,6 +81,9 @@ func New(backend Backend, store Store, cfg Config, opts ...Option) (*Client, err
 		}
 		c.store, c.ownStore = s, true
 	}
+	if _, ok := backend.(profiler); !ok && cfg.OAEPHashes == nil {
+		c.log.Warn("Config.OAEPHashes is not set and the backend cannot tell which RSA-OAEP hashes its HSMs support; requests for others will reach the HSMs")
+	}
 	ctx := context.Background()
 	if err := c.start(ctx); err != nil {
 		if c.ownStore {

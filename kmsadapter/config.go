@@ -44,7 +44,8 @@ type Config struct {
 	// refused with UnsupportedOperationException before reaching the
 	// HSMs. Nil asks the Backend when it can tell (an *hsm.Token's
 	// profile) and otherwise lets the HSMs answer. SoftHSM 2.6 does SHA-1
-	// only.
+	// only. Set it for a cluster: a cluster cannot tell, and today it
+	// holds an unsupported mechanism against the member that refused it.
 	OAEPHashes []crypto.Hash
 
 	// MetadataCacheTTL is how long a verified key or alias record is
