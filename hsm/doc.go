@@ -68,8 +68,9 @@
 // there is one; errors.Is works with the sentinels (ErrKeyNotFound,
 // ErrDecrypt, ErrVerify, ErrTimeout, ...) and with a CKR value. Classify
 // says whose fault an error is: the caller's (bad input, bad ciphertext,
-// bad signature, unknown key), the member's (retry elsewhere), fatal
-// (wrong PIN, missing mechanism) or the context's. Decryption and
+// bad signature, unknown key, a mechanism this token lacks), the member's
+// (retry elsewhere), fatal (wrong or locked PIN, closed token) or the
+// context's. Decryption and
 // verification failures are deliberately vague: ErrDecrypt and ErrVerify,
 // without a code.
 //

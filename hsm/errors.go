@@ -46,7 +46,9 @@ var (
 	// MAC verification.
 	ErrVerify = errors.New("hsm: verification failed")
 	// ErrUnsupported means the token does not offer the mechanism or key
-	// type; retrying on the same token cannot help.
+	// type the request needs. It is the request's problem, not the
+	// token's: Classify says ClassCaller, so a cluster never marks a member
+	// down for it.
 	ErrUnsupported = errors.New("hsm: not supported by this token")
 	// ErrTokenNotFound means no slot holds a token matching the selector.
 	ErrTokenNotFound = errors.New("hsm: token not found")
@@ -104,13 +106,15 @@ const (
 	// ClassNone is the class of a nil error.
 	ClassNone Class = iota
 	// ClassCaller: bad ciphertext, bad signature, bad argument, unknown
-	// key. Retrying elsewhere gives the same answer; not the token's fault.
+	// key, or a request this token cannot serve (ErrUnsupported: a
+	// mechanism or key type it lacks). Never the token's fault, so never
+	// held against its health.
 	ClassCaller
 	// ClassMember: the token failed (device error, lost session, timeout).
 	// Retry on another member.
 	ClassMember
-	// ClassFatal: retrying cannot help on this token until an operator acts
-	// (wrong PIN, mechanism missing, token closed).
+	// ClassFatal: the token cannot serve anything until an operator acts
+	// (wrong or locked PIN, write-protected token, token closed).
 	ClassFatal
 	// ClassContext: the caller's context was cancelled or passed its
 	// deadline. Never held against the token.
@@ -143,9 +147,10 @@ func Classify(err error) Class {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return ClassContext
 	case errors.Is(err, ErrDecrypt), errors.Is(err, ErrVerify), errors.Is(err, ErrInvalidInput),
-		errors.Is(err, ErrKeyNotFound), errors.Is(err, ErrKeyExists), errors.Is(err, ErrWrongKeyType):
+		errors.Is(err, ErrKeyNotFound), errors.Is(err, ErrKeyExists), errors.Is(err, ErrWrongKeyType),
+		errors.Is(err, ErrUnsupported):
 		return ClassCaller
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrLogin), errors.Is(err, ErrUnsupported):
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrLogin):
 		return ClassFatal
 	case errors.Is(err, ErrTokenNotFound):
 		return ClassMember
@@ -169,13 +174,13 @@ func classifyCKR(code CKR) Class {
 		pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID,
 		pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_READ_ONLY,
 		pkcs11.CKR_TEMPLATE_INCOMPLETE, pkcs11.CKR_TEMPLATE_INCONSISTENT,
+		pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
 		pkcs11.CKR_WRAPPED_KEY_INVALID, pkcs11.CKR_WRAPPED_KEY_LEN_RANGE,
 		pkcs11.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, pkcs11.CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
 		pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
 		return ClassCaller
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE,
 		pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_USER_PIN_NOT_INITIALIZED,
-		pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
 		pkcs11.CKR_TOKEN_WRITE_PROTECTED, pkcs11.CKR_USER_TYPE_INVALID:
 		return ClassFatal
 	}

@@ -128,7 +128,9 @@ const (
 	UsageWrap
 )
 
-func (s KeySpec) defaultUsage() Usage {
+// DefaultUsage is the usage a key of spec gets when KeyOptions.Usage is
+// zero: encryption for AES keys, signing (or MAC) for the others.
+func (s KeySpec) DefaultUsage() Usage {
 	if specs[s].keyType == pkcs11.CKK_AES {
 		return UsageEncrypt
 	}
@@ -414,7 +416,7 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 		return KeyInfo{}, t.wrap(OpGenerateKey, err)
 	}
 	if opts.Usage == 0 {
-		opts.Usage = spec.defaultUsage()
+		opts.Usage = spec.DefaultUsage()
 	}
 	if max := t.profile().MaxLabelLen; max > 0 && len(keyLabel(id, spec)) > max {
 		return KeyInfo{}, t.wrap(OpGenerateKey, fmt.Errorf("%w: key ID %s makes a label longer than the token's %d bytes", ErrInvalidInput, id, max))

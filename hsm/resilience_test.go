@@ -464,3 +464,29 @@ func TestAbandonedWorkersDoNotRace(t *testing.T) {
 	m.Faults.SetLatency(softhsmtest.AnyOp, 0)
 	require.NoError(t, tok.Probe(ctx))
 }
+
+// TestLastSessionClosedLogsOut: a cancelled call's session is closed, not
+// reused; when it was the application's last session, PKCS#11 logs the
+// application out. The next call must log in again, not find the key
+// missing.
+func TestLastSessionClosedLogsOut(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, func(c *hsm.Config) { c.MaxSessions = 1 })
+	_, err := tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	for range 5 {
+		m.Faults.Hang(hsm.OpEncrypt)
+		cctx, cancel := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		go func() { _, _, err := tok.EncryptGCM(cctx, "aes", nil, []byte("x"), nil); errc <- err }()
+		require.NoError(t, m.Faults.AwaitHung(ctx, 1))
+		cancel()
+		require.ErrorIs(t, <-errc, context.Canceled)
+		m.Faults.Release()
+		// The abandoned worker finishes and closes the only session.
+		waitFor(t, func() bool { return m.Faults.InFlight() == 0 })
+		_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+		require.NoError(t, err)
+	}
+}

@@ -558,10 +558,17 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 
 	t.mu.Lock()
 	current := s.gen == t.gen
+	lastClosed := false
 	if current {
 		t.borrowed--
 		if keep {
 			t.idle = append(t.idle, s)
+		} else if t.borrowed+len(t.idle) == 0 {
+			// Closing the application's last session logs it out
+			// (PKCS#11 C_CloseSession): the next session logs in again,
+			// and private object handles may be renumbered.
+			t.loggedIn = false
+			lastClosed = true
 		}
 	} else {
 		t.oldBorrowed--
@@ -571,6 +578,9 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 		}
 	}
 	t.mu.Unlock()
+	if lastClosed {
+		t.keys.clear()
+	}
 	if current && !keep {
 		// Close what we will not reuse; a session of an older generation is
 		// never closed, since its handle may now name someone else's.

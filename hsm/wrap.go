@@ -128,7 +128,7 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 	}
 	opts := req.Options
 	if opts.Usage == 0 {
-		opts.Usage = req.Spec.defaultUsage()
+		opts.Usage = req.Spec.DefaultUsage()
 	}
 	info := KeyInfo{ID: req.ID, Spec: req.Spec, Usage: opts.Usage, Extractable: opts.Extractable}
 	err = t.do(ctx, OpUnwrapKey, func(s *session) error {
@@ -318,7 +318,7 @@ func (t *Token) GenerateWrapped(ctx context.Context, wrappingKey KeyID, spec Key
 		return nil, nil, t.wrap(OpGenerateWrapped, err)
 	}
 	if opts.Usage == 0 {
-		opts.Usage = spec.defaultUsage()
+		opts.Usage = spec.DefaultUsage()
 	}
 	opts.Extractable = true
 	si := specs[spec]
