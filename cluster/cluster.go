@@ -101,7 +101,12 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 			}
 		}
 	}
-	c.loops.Go(c.loop)
+	probe := c.clock.NewTicker(c.cfg.ProbeInterval)
+	var antiEntropy Ticker
+	if c.cfg.AntiEntropyInterval > 0 {
+		antiEntropy = c.clock.NewTicker(c.cfg.AntiEntropyInterval)
+	}
+	c.loops.Go(func() { c.loop(probe, antiEntropy) })
 	return c, nil
 }
 
@@ -180,14 +185,14 @@ func (c *Cluster) rand() float64 { return rand.Float64() }
 
 // loop probes every member each ProbeInterval and runs anti-entropy each
 // AntiEntropyInterval, on the cluster's clock.
-func (c *Cluster) loop() {
-	probe := c.clock.NewTicker(c.cfg.ProbeInterval)
+// The tickers are made by the caller, before the goroutine starts, so that
+// a clock advanced right after New already moves them.
+func (c *Cluster) loop(probe, antiEntropy Ticker) {
 	defer probe.Stop()
 	var ae <-chan time.Time
-	if c.cfg.AntiEntropyInterval > 0 {
-		t := c.clock.NewTicker(c.cfg.AntiEntropyInterval)
-		defer t.Stop()
-		ae = t.C()
+	if antiEntropy != nil {
+		defer antiEntropy.Stop()
+		ae = antiEntropy.C()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

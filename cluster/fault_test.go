@@ -688,12 +688,11 @@ func TestHungProbeTakesMemberDown(t *testing.T) {
 func TestRetryAfterFailedRollback(t *testing.T) {
 	e := newEnv(t, 2, nil)
 	ctx := context.Background()
-	// Both members fail the unwrap, whichever is the origin; then the
-	// origin fails the rollback, leaving a copy.
-	for _, m := range e.sh.Members {
-		m.Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31)
-		m.Faults.FailNext(hsm.OpDestroyKey, 1, 0x31)
-	}
+	// Every target unwraps the new key in parallel: member 1 fails, so the
+	// quorum of 2 is missed; member 0 then fails the rollback, leaving a
+	// copy.
+	e.sh.Members[1].Faults.FailNext(hsm.OpUnwrapKey, 1, 0x31)
+	e.sh.Members[0].Faults.FailNext(hsm.OpDestroyKey, 1, 0x31)
 	if _, err := e.c.GenerateKey(ctx, "retry", hsm.AES256, hsm.KeyOptions{}); !errors.Is(err, ErrQuorum) {
 		t.Fatalf("got %v, want ErrQuorum", err)
 	}
