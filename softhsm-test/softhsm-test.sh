@@ -63,17 +63,23 @@ as_root() {
 
 ensure() {
 	local lib
-	if lib=$(find_lib) && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null; then
+	if lib=$(find_lib) && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null && command -v aws >/dev/null; then
 		echo "softhsm-test: SoftHSM2 found: $lib" >&2
 		return 0
 	fi
 	if command -v apt-get >/dev/null; then
 		as_root apt-get update
 		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y softhsm2 opensc
+		# The AWS CLI, for the server's tests. Ubuntu 24.04 ships it as a snap only.
+		if ! command -v aws >/dev/null; then
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y awscli ||
+				{ command -v snap >/dev/null && as_root snap install aws-cli --classic; } ||
+				echo "softhsm-test: could not install the AWS CLI; the CLI tests will say how" >&2
+		fi
 	elif command -v dnf >/dev/null; then
-		as_root dnf install -y softhsm opensc
+		as_root dnf install -y softhsm opensc awscli2
 	elif command -v brew >/dev/null; then
-		brew install softhsm opensc
+		brew install softhsm opensc awscli
 	else
 		die "no apt-get, dnf or brew: install SoftHSM2 by hand and set SOFTHSM2_LIB"
 	fi
