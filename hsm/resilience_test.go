@@ -439,7 +439,10 @@ func TestAbandonedWorkersDoNotRace(t *testing.T) {
 
 	m.Faults.SetLatency(softhsmtest.AnyOp, 200*time.Millisecond)
 	calls := []func(context.Context) error{
-		func(c context.Context) error { _, _, err := tok.EncryptGCM(c, "aes", nil, []byte("x"), nil); return err },
+		func(c context.Context) error {
+			_, _, err := tok.EncryptGCM(c, "aes", nil, []byte("x"), nil)
+			return err
+		},
 		func(c context.Context) error { _, err := tok.DecryptGCM(c, "aes", iv, ct, nil); return err },
 		func(c context.Context) error { _, err := tok.Sign(c, "ec", hsm.ECDSA, crypto.SHA256, d[:]); return err },
 		func(c context.Context) error { _, err := tok.MAC(c, "mac", crypto.SHA256, []byte("x")); return err },
