@@ -306,6 +306,10 @@ func (c *Cluster) recover(ctx context.Context, m *member, force bool) {
 			return // up, but useless until Bootstrap or Join
 		}
 	}
+	// The member answers again: its breaker, still open from before, must
+	// not refuse the re-sync's own calls (the copies it needs).
+	m.fails.Store(0)
+	m.br.Store(c.newBreaker(m))
 	c.setState(m, Syncing, "re-sync", nil)
 	err := c.resync(ctx, m)
 	if errors.Is(err, ErrNotJoined) && c.cfg.AutoJoin && c.ceremonyMu.TryLock() {

@@ -208,10 +208,21 @@ func TestHungMemberCallsSucceedElsewhere(t *testing.T) {
 }
 
 func TestKeysCreatedWhileDownAreCopiedBeforeServing(t *testing.T) {
-	e := newEnv(t, 3, nil)
+	// One member fault opens a member's breaker, so that m2's breaker is
+	// still open when it returns: its re-sync must copy all the same.
+	e := newEnv(t, 3, func(c *Config) { c.BreakerFailures = 1 })
 	ctx := context.Background()
+	if _, err := e.c.GenerateKey(ctx, "warm", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.sh.Members[2].Crash(); err != nil {
 		t.Fatal(err)
+	}
+	// Calls until one reaches m2 and fails there (and is retried elsewhere).
+	for calls := e.sh.Members[2].Faults.Calls(hsm.OpEncrypt); e.sh.Members[2].Faults.Calls(hsm.OpEncrypt) == calls; {
+		if _, _, err := e.c.EncryptGCM(ctx, "warm", nil, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e.check()
 	e.requireStates(Healthy, Healthy, Down)
@@ -254,7 +265,12 @@ func TestKeysCreatedWhileDownAreCopiedBeforeServing(t *testing.T) {
 	}
 	e.check()
 	before := e.served()[2]
-	for e.served()[2]-before < 200 {
+	for deadline := time.Now().Add(time.Minute); e.served()[2]-before < 200; {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("m2 served %d calls in a minute after its return", e.served()[2]-before)
+		}
 		runtimeGosched()
 	}
 	close(stop)
@@ -262,8 +278,8 @@ func TestKeysCreatedWhileDownAreCopiedBeforeServing(t *testing.T) {
 	if fails.Load() != 0 {
 		t.Fatalf("%d calls failed", fails.Load())
 	}
-	if got := e.tokenKeys(2); !slices.Equal(got, ids) {
-		t.Fatalf("m2 holds %v, want %v", got, ids)
+	if got, want := e.tokenKeys(2), append([]string{"warm"}, ids...); !slices.Equal(got, want) {
+		t.Fatalf("m2 holds %v, want %v", got, want)
 	}
 	if n := callerErrors(e.c, "m2"); n != 0 {
 		t.Fatalf("m2 answered %v calls with the caller's fault (key not found): it served before it held the keys", n)
