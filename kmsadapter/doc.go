@@ -107,9 +107,10 @@
 //
 // # Key policies
 //
-// Key policies are stored and returned, the default one as AWS writes it;
-// they are not enforced, which needs the callers' identities that a
-// server provides.
+// Key policies are stored and returned, the default one as AWS writes it.
+// A Client does not enforce them: enforcing needs the caller's identity,
+// which the wire-protocol server (package kmshttp, cmd/hsmkms) has from
+// SigV4 and checks against the key's policy before it calls the Client.
 //
 // # Concurrency
 //
