@@ -15,31 +15,13 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/softhsm-test/softhsmlib"
 	"github.com/miekg/pkcs11"
 )
 
 // ErrLibraryNotFound means libsofthsm2.so is not installed where
 // LibraryPath looks, or SOFTHSM2_LIB names a missing file.
-var ErrLibraryNotFound = errors.New("softhsmtest: libsofthsm2.so not found")
-
-// installHint says how to install SoftHSM2 on each supported system.
-const installHint = "install SoftHSM2 with `sudo apt-get install -y softhsm2` (Debian/Ubuntu), " +
-	"`sudo dnf install softhsm` (Fedora) or `brew install softhsm` (macOS), " +
-	"or run softhsm-test/softhsm-test.sh ensure, or set SOFTHSM2_LIB to the library's path"
-
-// libraryPaths are where the SoftHSM2 packages install the library.
-var libraryPaths = []string{
-	// Debian, Ubuntu
-	"/usr/lib/softhsm/libsofthsm2.so",
-	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-	// Fedora
-	"/usr/lib64/pkcs11/libsofthsm2.so",
-	"/usr/lib64/softhsm/libsofthsm2.so",
-	// macOS Homebrew (Apple silicon, Intel)
-	"/opt/homebrew/lib/softhsm/libsofthsm2.so",
-	"/usr/local/lib/softhsm/libsofthsm2.so",
-}
+var ErrLibraryNotFound = softhsmlib.ErrNotFound
 
 // SkipEnv is the environment variable that, set to 1, makes Require skip
 // the test instead of failing it when SoftHSM2 is missing.
@@ -49,20 +31,7 @@ const SkipEnv = "HSMKMS_SKIP_SOFTHSM"
 // environment variable if it is set, else the first of the Debian, Ubuntu,
 // Fedora and Homebrew install locations that exists. The error wraps
 // ErrLibraryNotFound and says how to install SoftHSM2.
-func LibraryPath() (string, error) {
-	if p := os.Getenv("SOFTHSM2_LIB"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%w: SOFTHSM2_LIB=%s: %w; %s", ErrLibraryNotFound, p, err, installHint)
-		}
-		return p, nil
-	}
-	for _, p := range libraryPaths {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w in %s; %s", ErrLibraryNotFound, strings.Join(libraryPaths, ", "), installHint)
-}
+func LibraryPath() (string, error) { return softhsmlib.Path() }
 
 // Require returns the path of libsofthsm2.so, or fails the test with the
 // command that installs it. With HSMKMS_SKIP_SOFTHSM=1 in the environment
@@ -186,7 +155,7 @@ func NewCluster(dir string, n int) (_ *Cluster, err error) {
 	}
 	util, err := exec.LookPath("softhsm2-util")
 	if err != nil {
-		return nil, fmt.Errorf("softhsmtest: %w; %s", err, installHint)
+		return nil, fmt.Errorf("softhsmtest: %w; %s", err, softhsmlib.InstallHint)
 	}
 	userPIN, soPIN := randomPIN(), randomPIN()
 

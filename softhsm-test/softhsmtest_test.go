@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/softhsm-test/softhsmlib"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -77,7 +78,7 @@ func TestLibraryPathHonoursEnv(t *testing.T) {
 	t.Setenv("SOFTHSM2_LIB", "")
 	p, err = LibraryPath()
 	require.NoError(t, err, "SoftHSM2 is installed on this machine")
-	assert.Contains(t, libraryPaths, p)
+	assert.Contains(t, softhsmlib.Paths, p)
 }
 
 // fakeTB records Fatal and Skipf instead of stopping the test.
@@ -96,7 +97,7 @@ func TestRequire(t *testing.T) {
 	t.Setenv("SOFTHSM2_LIB", "")
 	ft := &fakeTB{TB: t}
 	p := Require(ft)
-	assert.Contains(t, libraryPaths, p)
+	assert.Contains(t, softhsmlib.Paths, p)
 	assert.Empty(t, ft.fatal)
 	assert.Empty(t, ft.skip)
 

@@ -20,6 +20,7 @@ import (
 	"github.com/hsmkms/hsmkms/cluster"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kmsadapter"
+	"github.com/hsmkms/hsmkms/softhsm-test/softhsmlib"
 	"github.com/hsmkms/hsmkms/kmsadapter/kmshttp"
 )
 
@@ -142,7 +143,7 @@ func devLabel(i int) string { return fmt.Sprintf("hsmkms-dev-%d", i) }
 // tokens and the state file, creating them on first run, and points
 // SOFTHSM2_CONF at that configuration for this process.
 func provisionDev(dir string) (st devState, lib string, fresh bool, err error) {
-	if lib, err = softhsmLibrary(); err != nil {
+	if lib, err = softhsmlib.Path(); err != nil {
 		return st, "", false, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -193,32 +194,6 @@ func provisionDev(dir string) (st devState, lib string, fresh bool, err error) {
 		return st, "", false, err
 	}
 	return st, lib, true, nil
-}
-
-// softhsmLibrary finds libsofthsm2.so: SOFTHSM2_LIB, then the Debian,
-// Ubuntu, Fedora and Homebrew locations.
-func softhsmLibrary() (string, error) {
-	if p := os.Getenv("SOFTHSM2_LIB"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("SOFTHSM2_LIB: %w", err)
-		}
-		return p, nil
-	}
-	for _, p := range []string{
-		"/usr/lib/softhsm/libsofthsm2.so",
-		"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-		"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-		"/usr/lib64/pkcs11/libsofthsm2.so",
-		"/usr/lib64/softhsm/libsofthsm2.so",
-		"/usr/local/lib/softhsm/libsofthsm2.so",
-		"/opt/homebrew/lib/softhsm/libsofthsm2.so",
-		"/usr/local/opt/softhsm/lib/softhsm/libsofthsm2.so",
-	} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("libsofthsm2.so not found: install SoftHSM2 (sudo apt-get install -y softhsm2) or set SOFTHSM2_LIB")
 }
 
 const (
