@@ -20,8 +20,8 @@ import (
 	"github.com/hsmkms/hsmkms/cluster"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kmsadapter"
-	"github.com/hsmkms/hsmkms/softhsm-test/softhsmlib"
 	"github.com/hsmkms/hsmkms/kmsadapter/kmshttp"
+	"github.com/hsmkms/hsmkms/softhsm-test/softhsmlib"
 )
 
 const (
