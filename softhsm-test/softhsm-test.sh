@@ -3,7 +3,8 @@
 #
 #   softhsm-test.sh ensure        install SoftHSM2 unless it is already installed
 #   softhsm-test.sh test [ARGS]   ensure, then go test -race -count=1 -timeout 30m ./... ARGS
-#   softhsm-test.sh demo          ensure, then go run ./examples/quickstart
+#   softhsm-test.sh demo          ensure, then start hsmkms dev and use it from the AWS CLI
+#                                 and an unmodified aws-sdk-go-v2 program (examples/sdkclient)
 #   softhsm-test.sh env N DIR     create N SoftHSM2 members under DIR and print
 #                                 shell exports: SOFTHSM2_CONF and each member's
 #                                 PKCS#11 URI (eval "$(softhsm-test.sh env 3 /tmp/hsms)")
@@ -30,7 +31,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -149,6 +150,66 @@ need_go() {
 	command -v go >/dev/null || die "Go is not installed: get Go 1.26 or later from https://go.dev/dl/"
 }
 
+# demo starts `hsmkms dev` (a 3-member SoftHSM2 cluster serving the AWS KMS
+# API on 127.0.0.1) in a throwaway state directory, uses it from the AWS CLI
+# and from an unmodified aws-sdk-go-v2 program, and stops it.
+demo() {
+	local bin
+	work=$(mktemp -d) # global: the EXIT trap uses it
+	bin="$work/hsmkms"
+	go build -o "$bin" ./cmd/hsmkms
+	"$bin" dev --state "$work/state" --listen 127.0.0.1:0 >"$work/dev.out" 2>"$work/dev.err" &
+	pid=$! # global: the EXIT trap uses it
+	trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+	local i
+	for ((i = 0; i < 300; i++)); do
+		grep -q '^export AWS_DEFAULT_REGION' "$work/dev.out" 2>/dev/null && break
+		kill -0 "$pid" 2>/dev/null || { cat "$work/dev.err" >&2; die "hsmkms dev exited"; }
+		sleep 0.2
+	done
+	grep -q '^export AWS_DEFAULT_REGION' "$work/dev.out" || die "hsmkms dev did not start in 60 s"
+	echo "== hsmkms dev is serving; it printed:"
+	grep -E '^(hsmkms dev|export)' "$work/dev.out"
+	eval "$(grep '^export' "$work/dev.out")"
+	# Keep the demo away from the user's own AWS configuration.
+	export AWS_CONFIG_FILE="$work/aws-config" AWS_SHARED_CREDENTIALS_FILE="$work/aws-credentials" AWS_EC2_METADATA_DISABLED=true
+	unset AWS_PROFILE AWS_SESSION_TOKEN
+
+	if command -v aws >/dev/null; then
+		demo_cli
+	else
+		echo "(the AWS CLI is not installed: skipping its part of the demo)"
+	fi
+
+	echo
+	echo "== an unmodified aws-sdk-go-v2 program (go run ./examples/sdkclient)"
+	go run ./examples/sdkclient
+	echo
+	echo "== member health: $(curl -fsS "$AWS_ENDPOINT_URL_KMS/healthz" 2>/dev/null | head -c 200 || true)"
+	echo "demo done; see also: go run ./examples/quickstart, ./examples/failover, ./examples/swap"
+}
+
+# demo_cli uses the running dev server from the AWS CLI.
+demo_cli() {
+	echo
+	echo "== the AWS CLI (older CLIs need --endpoint-url; newer ones read AWS_ENDPOINT_URL_KMS)"
+	local aws=(aws --endpoint-url "$AWS_ENDPOINT_URL_KMS")
+	local key
+	key=$("${aws[@]}" kms create-key --description demo --query KeyMetadata.KeyId --output text)
+	echo "aws kms create-key: $key"
+	"${aws[@]}" kms create-alias --alias-name alias/demo --target-key-id "$key"
+	printf 'attack at dawn' >"$work/plain.txt"
+	"${aws[@]}" kms encrypt --key-id alias/demo --plaintext "fileb://$work/plain.txt" --encryption-context purpose=demo \
+		--query CiphertextBlob --output text | base64 -d >"$work/secret.bin"
+	echo "aws kms encrypt: $(wc -c <"$work/secret.bin") bytes of ciphertext"
+	echo "aws kms decrypt: $("${aws[@]}" kms decrypt --ciphertext-blob "fileb://$work/secret.bin" --encryption-context purpose=demo \
+		--query Plaintext --output text | base64 -d)"
+	if "${aws[@]}" kms decrypt --ciphertext-blob "fileb://$work/secret.bin" --encryption-context purpose=other >/dev/null 2>"$work/err"; then
+		die "decrypt with the wrong encryption context succeeded"
+	fi
+	echo "aws kms decrypt, wrong context: $(grep -o 'InvalidCiphertextException' "$work/err" | head -1)"
+}
+
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
@@ -167,7 +228,7 @@ demo)
 	ensure
 	need_go
 	cd "$root"
-	go run ./examples/quickstart
+	demo
 	;;
 env)
 	[[ $# -eq 2 ]] || usage
