@@ -192,6 +192,9 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 		if wkType != pkcs11.CKK_AES {
 			return 0, fmt.Errorf("%w: unwrapping key %s is not AES", ErrWrongKeyType, req.WrappingKey)
 		}
+		if err := checkKWPLen(req.Spec, req.Wrapped); err != nil {
+			return 0, err
+		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, req.Wrapped, tmpl)
 		return h, unwrapErr(err)
 	case RSAOAEP, RSAAESKeyWrap:
@@ -226,10 +229,29 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			return 0, unwrapErr(err)
 		}
 		defer func() { _ = t.mod.ctx.DestroyObject(s.h, eph) }()
+		if err := checkKWPLen(req.Spec, req.Wrapped[n:]); err != nil {
+			return 0, err
+		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), eph, req.Wrapped[n:], tmpl)
 		return h, unwrapErr(err)
 	}
 	return 0, fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, req.Wrapping.Mechanism)
+}
+
+// checkKWPLen checks, for a secret key, that an AES key wrap with padding
+// blob (RFC 5649: 8 bytes of integrity data and the key padded to 8 bytes)
+// holds a key of the spec's length. Some modules cannot report an
+// unwrapped key's length (SoftHSM reads CKA_VALUE_LEN as 0), so this is
+// where 128-bit material meant to be a 256-bit key is caught.
+func checkKWPLen(spec KeySpec, blob []byte) error {
+	si := specs[spec]
+	if si.class != pkcs11.CKO_SECRET_KEY {
+		return nil
+	}
+	if want := 8 + (si.bits/8+7)/8*8; len(blob) != want {
+		return fmt.Errorf("%w: a wrapped %s key is %d bytes, got %d", ErrInvalidInput, spec, want, len(blob))
+	}
+	return nil
 }
 
 // unwrapErr makes a blob that does not unwrap the vague ErrDecrypt. A

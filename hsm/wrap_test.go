@@ -1,6 +1,7 @@
 package hsm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/aes"
@@ -230,6 +231,19 @@ func TestImportKeyMaterial(t *testing.T) {
 			require.ErrorIs(t, err, hsm.ErrKeyNotFound)
 		})
 	}
+	// 128-bit material offered as an AES-256 key is refused where the blob
+	// shows its length (AES key wrap with padding), and nothing is created.
+	short := make([]byte, 16)
+	_, err = rand.Read(short)
+	require.NoError(t, err)
+	shortBlob := append(bytes.Clone(wrappedEph), kwpWrap(t, eph, short)...)
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}, Wrapped: shortBlob, ID: "short", Spec: hsm.AES256})
+	require.ErrorIs(t, err, hsm.ErrInvalidInput)
+	_, err = tok.Describe(ctx, "short")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}, Wrapped: shortBlob, ID: "short", Spec: hsm.AES128})
+	require.NoError(t, err, "the same blob is a valid AES-128 key")
+
 	// SHA-256 OAEP is not available on SoftHSM 2.6: a clear error.
 	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA256}, Wrapped: oaepBlob, ID: "x", Spec: hsm.AES256})
 	require.ErrorIs(t, err, hsm.ErrUnsupported)
