@@ -254,33 +254,48 @@ func (c *Client) hotPut(m map[string]*hotEntry, k string, gen uint64, val any) {
 // getKey loads and verifies the record of a key. A key that does not
 // exist, or is still being created, is NotFoundException.
 func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
-	if r, ok := c.hotGet(c.hotKeys, id).(*keyRecord); ok {
+	missing := func() error { return notFound("Key '%s' does not exist", c.keyARN(id)) }
+	return loadRecord(ctx, c, c.hotKeys, bucketKeys, id, missing, func(r *keyRecord) error {
+		if r.ID != id {
+			return c.tampered(bucketKeys, id, errors.New("record names another key"))
+		}
+		if r.State == stateCreating {
+			return missing()
+		}
+		return nil
+	})
+}
+
+// loadRecord reads one sealed record, from the hot cache when it is
+// there, else from the store, verified; check rejects a record that
+// verified but may not be served. A missing record is missing().
+func loadRecord[T any](ctx context.Context, c *Client, hot map[string]*hotEntry, bucket, name string, missing func() error, check func(*T) error) (*T, error) {
+	if r, ok := c.hotGet(hot, name).(*T); ok {
 		return r, nil
 	}
 	gen := c.hotGen.Load()
 	var raw []byte
 	err := c.store.View(ctx, func(tx Tx) error {
 		var err error
-		raw, err = tx.Get(bucketKeys, id)
+		raw, err = tx.Get(bucket, name)
 		return err
 	})
 	if errors.Is(err, ErrNoRecord) {
-		return nil, notFound("Key '%s' does not exist", c.keyARN(id))
+		return nil, missing()
 	}
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	r, err := open[keyRecord](ctx, c, bucketKeys, id, raw)
+	r, err := open[T](ctx, c, bucket, name, raw)
 	if err != nil {
 		return nil, err
 	}
-	if r.ID != id {
-		return nil, c.tampered(bucketKeys, id, errors.New("record names another key"))
+	if check != nil {
+		if err := check(r); err != nil {
+			return nil, err
+		}
 	}
-	if r.State == stateCreating {
-		return nil, notFound("Key '%s' does not exist", c.keyARN(id))
-	}
-	c.hotPut(c.hotKeys, id, gen, r)
+	c.hotPut(hot, name, gen, r)
 	return r, nil
 }
 
@@ -315,28 +330,8 @@ func (c *Client) resolve(ctx context.Context, s *string, forms idForms) (*keyRec
 }
 
 func (c *Client) getAlias(ctx context.Context, name string) (*aliasRecord, error) {
-	if a, ok := c.hotGet(c.hotAliases, name).(*aliasRecord); ok {
-		return a, nil
-	}
-	gen := c.hotGen.Load()
-	var raw []byte
-	err := c.store.View(ctx, func(tx Tx) error {
-		var err error
-		raw, err = tx.Get(bucketAliases, name)
-		return err
-	})
-	if errors.Is(err, ErrNoRecord) {
-		return nil, notFound("Alias %s is not found.", c.aliasARN(name))
-	}
-	if err != nil {
-		return nil, storeErr(err)
-	}
-	a, err := open[aliasRecord](ctx, c, bucketAliases, name, raw)
-	if err != nil {
-		return nil, err
-	}
-	c.hotPut(c.hotAliases, name, gen, a)
-	return a, nil
+	return loadRecord[aliasRecord](ctx, c, c.hotAliases, bucketAliases, name,
+		func() error { return notFound("Alias %s is not found.", c.aliasARN(name)) }, nil)
 }
 
 // errConflict means a record changed between its read and its write.

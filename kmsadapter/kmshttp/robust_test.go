@@ -119,13 +119,13 @@ func FuzzHandler(f *testing.F) {
 	f.Fuzz(func(t *testing.T, target string, body []byte) {
 		req, err := http.NewRequest(http.MethodPost, "http://hsmkms.local/", bytes.NewReader(body))
 		if err != nil {
-			t.Skip()
+			t.Fatal(err) // a fixed URL and a byte body: cannot fail
 		}
 		req.Header.Set("X-Amz-Target", "TrentService."+target)
 		// Key-changing operations would make runs depend on one another.
 		switch target {
 		case "DisableKey", "ScheduleKeyDeletion", "PutKeyPolicy", "DeleteAlias", "UpdateAlias", "DeleteImportedKeyMaterial":
-			t.Skip()
+			return // not fuzzed: no seed names them
 		}
 		resp, err := tr.Do(req)
 		if err != nil {
