@@ -2,7 +2,6 @@ package hsm_test
 
 import (
 	"context"
-	"runtime"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -35,5 +34,3 @@ func softhsmtestNew(t *testing.T, n int) []*softhsmtest.Member {
 	t.Helper()
 	return softhsmtest.New(t, n).Members
 }
-
-func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
