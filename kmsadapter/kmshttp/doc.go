@@ -25,12 +25,16 @@
 // An Authenticator says who sent a request. SigV4 verifies AWS Signature
 // Version 4 for the service "kms" against configured credentials, each an
 // access key pair standing for an IAM principal ARN. The expected
-// signature is computed by aws-sdk-go-v2's own signer over the headers the
-// caller signed and the body as received. A request is accepted within
-// MaxSkew (5 minutes, as AWS) of its X-Amz-Date, and a signature already
-// seen is refused once SigV4Config.ReplayGrace (2 seconds) has passed
-// since it was first seen: clients built on botocore sign no nonce, so
-// their identical calls within one second share a signature.
+// signature is computed over the headers the caller signed and the body as
+// received: directly for the plain requests SDKs send (POST /, printable
+// header values), with the signing key derived once a day per credential,
+// and by aws-sdk-go-v2's own signer for any other; tests check that the
+// two agree. Signatures are compared in constant time. A request is
+// accepted within MaxSkew (5 minutes, as AWS) of its X-Amz-Date, and a
+// signature already seen is refused once SigV4Config.ReplayGrace (2
+// seconds) has passed since it was first seen: clients built on botocore
+// sign no nonce, so their identical calls within one second share a
+// signature.
 //
 // # Authorization
 //

@@ -185,9 +185,11 @@ func (c SigV4Config) Validate() error {
 
 // SigV4 authenticates requests signed with AWS Signature Version 4 for
 // the service "kms", as every AWS SDK and the AWS CLI sign them. The
-// expected signature is computed by aws-sdk-go-v2's own v4 signer over
-// the headers the caller says it signed and the SHA-256 of the body as
-// received. A request is accepted within MaxSkew of its X-Amz-Date; a
+// expected signature is computed over the headers the caller says it
+// signed and the SHA-256 of the body as received: for the plain requests
+// SDKs send, directly (canonical.go), as aws-sdk-go-v2's v4 signer
+// computes it, and for any other request by that signer itself. A request
+// is accepted within MaxSkew of its X-Amz-Date; a
 // signature seen more than ReplayGrace before is refused (replay
 // protection).
 //
@@ -199,7 +201,7 @@ func (c SigV4Config) Validate() error {
 // SigV4 is safe for concurrent use.
 type SigV4 struct {
 	cfg    SigV4Config
-	byKey  map[string]*Credential
+	byKey  map[string]*credEntry
 	clock  Clock
 	signer *v4.Signer
 	seen   replayCache
@@ -216,7 +218,7 @@ func NewSigV4(cfg SigV4Config, opts ...SigV4Option) (*SigV4, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &SigV4{cfg: cfg, byKey: map[string]*Credential{}, clock: systemClock{}}
+	s := &SigV4{cfg: cfg, byKey: map[string]*credEntry{}, clock: systemClock{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -226,7 +228,9 @@ func NewSigV4(cfg SigV4Config, opts ...SigV4Option) (*SigV4, error) {
 		if cfg.Credentials[i].Actions == nil {
 			c.Actions = nil
 		}
-		s.byKey[c.AccessKeyID] = &c
+		s.byKey[c.AccessKeyID] = &credEntry{Credential: c, principal: Principal{
+			ARN: c.PrincipalARN, AccountID: accountOf(c.PrincipalARN), AccessKeyID: c.AccessKeyID, Actions: c.Actions,
+		}}
 	}
 	s.signer = v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = false })
 	s.seen.init(2*cfg.MaxSkew, cfg.ReplayGrace)
@@ -323,7 +327,8 @@ func (s *SigV4) Authenticate(r *http.Request, body []byte) (*Principal, error) {
 	if r.Header.Get("X-Amz-Security-Token") != "" {
 		return nil, newErr(http.StatusBadRequest, CodeUnrecognizedClient, "The security token included in the request is invalid: temporary credentials are not supported.")
 	}
-	if a.date != t.Format("20060102") {
+	var day [8]byte
+	if a.date != string(t.AppendFormat(day[:0], "20060102")) {
 		return nil, invalidSig("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '%s' != '%s', from '%s'.", a.date, t.Format("20060102"), amzDate)
 	}
 	if a.service != "kms" {
@@ -342,27 +347,35 @@ func (s *SigV4) Authenticate(r *http.Request, body []byte) (*Principal, error) {
 			amzDate, now.Add(s.cfg.MaxSkew).Format(amzDateFormat), now.Format(amzDateFormat), s.cfg.MaxSkew)
 	}
 	sum := sha256.Sum256(body)
-	payloadHash := hex.EncodeToString(sum[:])
-	if ch := r.Header.Get("X-Amz-Content-Sha256"); ch != "" && ch != payloadHash && ch != "UNSIGNED-PAYLOAD" {
+	var payloadHash [2 * sha256.Size]byte
+	hex.Encode(payloadHash[:], sum[:])
+	if ch := r.Header.Get("X-Amz-Content-Sha256"); ch != "" && ch != string(payloadHash[:]) && ch != "UNSIGNED-PAYLOAD" {
 		return nil, invalidSig("The provided 'x-amz-content-sha256' header does not match what was computed.")
 	}
-	want, e := s.expected(r, a, cred, payloadHash, t, len(body))
-	if e != nil {
-		return nil, e
+	var want [sha256.Size]byte
+	if !s.fastSignature(&want, r, &a, cred, payloadHash[:], t, len(body)) {
+		if e := s.expected(&want, r, a, cred, string(payloadHash[:]), t, len(body)); e != nil {
+			return nil, e
+		}
 	}
-	got, err := hex.DecodeString(a.signature)
-	if err != nil || len(got) != sha256.Size || subtle.ConstantTimeCompare(got, want) != 1 {
+	var got [sha256.Size]byte
+	if len(a.signature) != 2*sha256.Size {
 		return nil, invalidSig(badSignatureMsg)
 	}
-	if !s.seen.add(got, now) {
+	if _, err := hex.Decode(got[:], []byte(a.signature)); err != nil || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		return nil, invalidSig(badSignatureMsg)
+	}
+	if !s.seen.add(got[:], now) {
 		return nil, invalidSig("The request signature has been used before: a signed request is not accepted again %v after it was first seen.", s.cfg.ReplayGrace)
 	}
-	return &Principal{ARN: cred.PrincipalARN, AccountID: accountOf(cred.PrincipalARN), AccessKeyID: cred.AccessKeyID, Actions: cred.Actions}, nil
+	p := cred.principal
+	return &p, nil
 }
 
 // expected signs a copy of r that carries only the headers the caller
-// signed, with the SDK's signer, and returns that signature.
-func (s *SigV4) expected(r *http.Request, a authHeader, cred *Credential, payloadHash string, t time.Time, bodyLen int) ([]byte, *Error) {
+// signed, with the SDK's signer, and sets want to that signature. It
+// serves the requests fastSignature does not.
+func (s *SigV4) expected(want *[sha256.Size]byte, r *http.Request, a authHeader, cred *credEntry, payloadHash string, t time.Time, bodyLen int) *Error {
 	host := r.Host
 	if host == "" {
 		host = r.URL.Host
@@ -394,22 +407,24 @@ func (s *SigV4) expected(r *http.Request, a authHeader, cred *Credential, payloa
 		}
 	}
 	if !hasHost || !hasDate {
-		return nil, invalidSig("SignedHeaders must include host and x-amz-date.")
+		return invalidSig("SignedHeaders must include host and x-amz-date.")
 	}
 	creds := aws.Credentials{AccessKeyID: cred.AccessKeyID, SecretAccessKey: cred.SecretAccessKey.s}
 	if err := s.signer.SignHTTP(context.Background(), creds, vr, payloadHash, "kms", s.cfg.Region, t); err != nil {
-		return nil, internalErr("signature verification failed")
+		return internalErr("signature verification failed")
 	}
 	auth := vr.Header.Get("Authorization")
 	_, sig, _ := strings.Cut(auth, "Signature=")
 	if !strings.Contains(auth, "SignedHeaders="+a.signedHeaders+",") {
-		return nil, invalidSig("%s SignedHeaders lists a header that is never signed (such as user-agent), or repeats one.", badSignatureMsg)
+		return invalidSig("%s SignedHeaders lists a header that is never signed (such as user-agent), or repeats one.", badSignatureMsg)
 	}
-	want, err := hex.DecodeString(sig)
-	if err != nil {
-		return nil, internalErr("signature verification failed")
+	if len(sig) != 2*sha256.Size {
+		return internalErr("signature verification failed")
 	}
-	return want, nil
+	if _, err := hex.Decode(want[:], []byte(sig)); err != nil {
+		return internalErr("signature verification failed")
+	}
+	return nil
 }
 
 // replayCache remembers signatures for at least ttl: two generations of
