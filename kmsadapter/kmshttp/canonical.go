@@ -4,8 +4,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -27,6 +29,9 @@ import (
 type signingKey struct {
 	date string // YYYYMMDD
 	key  []byte
+	// macs holds HMAC-SHA256 hashes keyed with key: reset, one skips
+	// hashing the key's pads again.
+	macs sync.Pool
 }
 
 // credEntry is a configured credential, with what every request of its
@@ -39,18 +44,28 @@ type credEntry struct {
 
 // signingKey returns the derived key of date (YYYYMMDD), computing it
 // only when the day changes.
-func (c *credEntry) signingKey(date, region string) []byte {
+func (c *credEntry) signingKey(date, region string) *signingKey {
 	if k := c.key.Load(); k != nil && k.date == date {
-		return k.key
+		return k
 	}
 	mac := func(key []byte, data string) []byte {
 		h := hmac.New(sha256.New, key)
 		h.Write([]byte(data))
 		return h.Sum(nil)
 	}
-	k := mac(mac(mac(mac([]byte("AWS4"+c.SecretAccessKey.s), date), region), "kms"), "aws4_request")
-	c.key.Store(&signingKey{date: date, key: k})
+	k := &signingKey{date: date, key: mac(mac(mac(mac([]byte("AWS4"+c.SecretAccessKey.s), date), region), "kms"), "aws4_request")}
+	k.macs.New = func() any { return hmac.New(sha256.New, k.key) }
+	c.key.Store(k)
 	return k
+}
+
+// sign sets sig to the HMAC-SHA256 of msg under the key.
+func (k *signingKey) sign(sig *[sha256.Size]byte, msg []byte) {
+	h := k.macs.Get().(hash.Hash)
+	h.Reset()
+	h.Write(msg)
+	h.Sum(sig[:0])
+	k.macs.Put(h)
 }
 
 // fastSignature computes the expected signature of r into sig, or
@@ -76,6 +91,8 @@ func (s *SigV4) fastSignature(sig *[sha256.Size]byte, r *http.Request, a *authHe
 		}
 	}
 
+	var date [len(amzDateFormat)]byte
+	amzDate := t.AppendFormat(date[:0], amzDateFormat) // as the signer sets X-Amz-Date
 	var arr [1024]byte
 	buf := append(arr[:0], r.Method...)
 	buf = append(buf, "\n/\n\n"...)
@@ -112,7 +129,7 @@ func (s *SigV4) fastSignature(sig *[sha256.Size]byte, r *http.Request, a *authHe
 			buf = strconv.AppendInt(buf, n, 10)
 		case "x-amz-date":
 			hasDate = true
-			buf = t.AppendFormat(buf, amzDateFormat) // as the signer sets it
+			buf = append(buf, amzDate...)
 		default:
 			var kb [64]byte
 			key := canonicalKey(kb[:0], name)
@@ -141,16 +158,14 @@ func (s *SigV4) fastSignature(sig *[sha256.Size]byte, r *http.Request, a *authHe
 	canonical := sha256.Sum256(buf)
 
 	buf = append(buf[:0], sigAlgorithm+"\n"...)
-	buf = t.AppendFormat(buf, amzDateFormat)
+	buf = append(buf, amzDate...)
 	buf = append(buf, '\n')
 	buf = append(buf, a.date...)
 	buf = append(buf, '/')
 	buf = append(buf, s.cfg.Region...)
 	buf = append(buf, "/kms/aws4_request\n"...)
 	buf = hex.AppendEncode(buf, canonical[:])
-	h := hmac.New(sha256.New, cred.signingKey(a.date, s.cfg.Region))
-	h.Write(buf)
-	h.Sum(sig[:0])
+	cred.signingKey(a.date, s.cfg.Region).sign(sig, buf)
 	return true
 }
 

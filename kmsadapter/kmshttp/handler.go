@@ -146,8 +146,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	status, code = http.StatusOK, ""
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("Content-Length", strconv.Itoa(out.Len()))
+	hd := w.Header()
+	hd.Set("Content-Type", "application/x-amz-json-1.1")
+	hd.Set("Content-Length", strconv.Itoa(out.Len()))
+	if tw, ok := w.(*responseWriter); ok {
+		tw.take(out) // the in-process transport: the response reads the buffer itself
+		return
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(out.Bytes())
 	putBuf(out)
@@ -157,14 +162,29 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 	if r.Method != http.MethodPost {
 		return nil, newErr(http.StatusBadRequest, "UnknownOperationException", "only POST is served, not %s", r.Method)
 	}
-	body, e := h.readBody(r)
+	bodyBuf, e := h.readBody(r)
 	if e != nil {
 		return nil, e
 	}
+	// The body's buffer goes back to the pool once the input is decoded:
+	// nothing decoded refers to it.
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			putBuf(bodyBuf)
+		}
+	}
+	defer release()
+	body := bodyBuf.Bytes()
 	p, _ := r.Context().Value(principalKey{}).(*Principal)
 	if p == nil {
+		authBody := body
+		if _, ours := h.auth.(*SigV4); !ours {
+			authBody = bytes.Clone(body) // another Authenticator may keep it
+		}
 		var err error
-		if p, err = h.auth.Authenticate(r, body); err != nil {
+		if p, err = h.auth.Authenticate(r, authBody); err != nil {
 			return nil, toError(err)
 		}
 	}
@@ -179,7 +199,9 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 	}
 	*opName = name
 	in := spec.newIn()
-	if err := decodeInput(body, in); err != nil {
+	err := decodeInput(body, in)
+	release()
+	if err != nil {
 		return nil, toError(err)
 	}
 	if m := missingRequired(in, spec.required); m != "" {
@@ -244,29 +266,35 @@ func (h *Handler) alreadyAuthorized(ctx context.Context, pre []check, c check) b
 	return false
 }
 
-func (h *Handler) readBody(r *http.Request) ([]byte, *Error) {
+// readBody reads the request body into a buffer from the pool, which the
+// caller puts back.
+func (h *Handler) readBody(r *http.Request) (*bytes.Buffer, *Error) {
 	if r.Body == nil {
-		return nil, nil
+		return getBuf(), nil
 	}
 	if r.ContentLength > h.cfg.MaxBodyBytes {
 		return nil, validationErr("the request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, h.cfg.MaxBodyBytes)
 	}
-	if r.ContentLength > 0 {
-		// The usual case: read exactly the announced length, in one allocation.
-		body := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
+	buf := getBuf()
+	if n := r.ContentLength; n > 0 {
+		// The usual case: read exactly the announced length, into room
+		// made once.
+		buf.Grow(int(n) + bytes.MinRead)
+		if _, err := buf.ReadFrom(io.LimitReader(r.Body, n)); err != nil || int64(buf.Len()) != n {
+			putBuf(buf)
 			return nil, serializationErr("the request body could not be read")
 		}
-		return body, nil
+		return buf, nil
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
-	if err != nil {
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1)); err != nil {
+		putBuf(buf)
 		return nil, serializationErr("the request body could not be read")
 	}
-	if int64(len(body)) > h.cfg.MaxBodyBytes {
+	if int64(buf.Len()) > h.cfg.MaxBodyBytes {
+		putBuf(buf)
 		return nil, validationErr("the request body exceeds the limit of %d bytes", h.cfg.MaxBodyBytes)
 	}
-	return body, nil
+	return buf, nil
 }
 
 // validatePolicyInput refuses a key policy this server could not enforce

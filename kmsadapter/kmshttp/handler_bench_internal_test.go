@@ -14,34 +14,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	"github.com/aws/aws-sdk-go-v2/service/kms"
-	"github.com/aws/aws-sdk-go-v2/service/kms/types"
-
-	"github.com/hsmkms/hsmkms/kmsadapter"
 )
-
-const stubKeyID = "0b0c0d0e-1111-4222-8333-444455556666"
-
-// stubAPI answers Encrypt with a fixed 4 KiB ciphertext and the key
-// lookups with the default key policy, at once: the handler's cost alone.
-type stubAPI struct {
-	kmsadapter.API
-	ct []byte
-}
-
-func (s stubAPI) Encrypt(context.Context, *kms.EncryptInput, ...func(*kms.Options)) (*kms.EncryptOutput, error) {
-	return &kms.EncryptOutput{CiphertextBlob: s.ct, KeyId: aws.String(stubARN), EncryptionAlgorithm: "SYMMETRIC_DEFAULT"}, nil
-}
-
-const stubARN = "arn:aws:kms:us-east-1:111122223333:key/" + stubKeyID
-
-func (stubAPI) DescribeKey(context.Context, *kms.DescribeKeyInput, ...func(*kms.Options)) (*kms.DescribeKeyOutput, error) {
-	return &kms.DescribeKeyOutput{KeyMetadata: &types.KeyMetadata{KeyId: aws.String(stubKeyID), Arn: aws.String(stubARN)}}, nil
-}
-
-func (stubAPI) GetKeyPolicy(context.Context, *kms.GetKeyPolicyInput, ...func(*kms.Options)) (*kms.GetKeyPolicyOutput, error) {
-	return &kms.GetKeyPolicyOutput{Policy: aws.String(`{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}`)}, nil
-}
 
 // BenchmarkHandlerEncrypt is the handler's own cost for an Encrypt of
 // 4 KiB over an API that answers at once, with the request signed (as an

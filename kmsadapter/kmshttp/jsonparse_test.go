@@ -86,3 +86,49 @@ func normalize(v any) any {
 	}
 	return v
 }
+
+// simpleString agrees with a byte-by-byte check on every length and
+// position of a byte that makes a string not simple.
+func TestSimpleString(t *testing.T) {
+	ref := func(raw []byte) bool {
+		for _, c := range raw {
+			if c < 0x20 || c >= 0x80 || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	for n := 0; n <= 40; n++ {
+		for pos := -1; pos < n; pos++ {
+			for c := 0; c < 256; c++ {
+				b := bytes.Repeat([]byte("aZ+/9="), 7)[:n]
+				if pos >= 0 {
+					b[pos] = byte(c)
+				}
+				if got, want := simpleString(b), ref(b); got != want {
+					t.Fatalf("%q: simpleString %v, want %v", b, got, want)
+				}
+				if pos < 0 {
+					break
+				}
+			}
+		}
+	}
+}
+
+// FuzzSimpleString checks simpleString against a byte-by-byte check.
+func FuzzSimpleString(f *testing.F) {
+	f.Add([]byte("aGVsbG8gd29ybGQ="))
+	f.Add([]byte("abcdefg\\hij\x1f\x7f\x80"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := true
+		for _, c := range b {
+			if c < 0x20 || c >= 0x80 || c == '\\' {
+				want = false
+			}
+		}
+		if simpleString(b) != want {
+			t.Fatalf("%q: simpleString %v", b, !want)
+		}
+	})
+}

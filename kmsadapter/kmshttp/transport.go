@@ -3,8 +3,10 @@ package kmshttp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 )
@@ -54,7 +56,7 @@ func (t *Transport) Do(req *http.Request) (*http.Response, error) {
 	if rw.status == 0 {
 		rw.status = http.StatusOK
 	}
-	return &http.Response{
+	resp := &http.Response{
 		Status:        http.StatusText(rw.status),
 		StatusCode:    rw.status,
 		Proto:         "HTTP/1.1",
@@ -64,13 +66,59 @@ func (t *Transport) Do(req *http.Request) (*http.Response, error) {
 		Body:          io.NopCloser(bytes.NewReader(rw.body.Bytes())),
 		ContentLength: int64(rw.body.Len()),
 		Request:       req,
-	}, nil
+	}
+	if rw.owned != nil {
+		resp.Body = &pooledBody{buf: rw.owned, r: bytes.NewReader(rw.owned.Bytes())}
+		resp.ContentLength = int64(rw.owned.Len())
+	}
+	return resp, nil
 }
 
 type responseWriter struct {
 	header http.Header
 	status int
 	body   bytes.Buffer
+	owned  *bytes.Buffer // a whole response from the pool, taken by take
+}
+
+// take makes buf, a pooled buffer holding the whole response, the body of
+// a 200 response without copying it; the response body puts it back in
+// the pool when it is closed.
+func (w *responseWriter) take(buf *bytes.Buffer) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.owned = buf
+}
+
+// pooledBody reads a response from a pooled buffer and puts the buffer
+// back when closed; reads after Close fail, as a closed http body's do.
+type pooledBody struct {
+	mu  sync.Mutex
+	buf *bytes.Buffer
+	r   *bytes.Reader
+}
+
+var errBodyClosed = errors.New("kmshttp: read on closed response body")
+
+func (b *pooledBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		return 0, errBodyClosed
+	}
+	return b.r.Read(p)
+}
+
+func (b *pooledBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf != nil {
+		b.r.Reset(nil)
+		putBuf(b.buf)
+		b.buf = nil
+	}
+	return nil
 }
 
 func (w *responseWriter) Header() http.Header { return w.header }
