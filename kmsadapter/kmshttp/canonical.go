@@ -73,7 +73,7 @@ func (k *signingKey) sign(sig *[sha256.Size]byte, msg []byte) {
 // payloadHash is the hex SHA-256 of the body, t the request's time (from
 // X-Amz-Date, UTC), bodyLen the body's length.
 func (s *SigV4) fastSignature(sig *[sha256.Size]byte, r *http.Request, a *authHeader, cred *credEntry, payloadHash []byte, t time.Time, bodyLen int) bool {
-	if r.URL.RawQuery != "" || r.URL.RawPath != "" || (r.URL.Path != "/" && r.URL.Path != "") {
+	if u := r.URL; u.RawQuery != "" || (u.Path != "/" && u.Path != "") || (u.RawPath != "" && u.RawPath != "/") {
 		return false
 	}
 	host := r.Host

@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
+	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sort"
 	"strings"
@@ -14,7 +17,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 )
 
 func testSigV4(t testing.TB) (*SigV4, *credEntry) {
@@ -65,7 +68,7 @@ func TestFastSignatureMatchesSigner(t *testing.T) {
 	const n = 20000
 	for range n {
 		u := &url.URL{Scheme: "http", Host: pick("hsmkms.local", "127.0.0.1:8080", "hsmkms.local:80", "hsmkms.local:443", "[::1]:80", "h:", "a:b:80", "kms.us-east-1.amazonaws.com"),
-			Path: pick("/", "/", "/", "", "/x", "/a b"), RawQuery: pick("", "", "", "a=b", "X-Amz-Signature=1")}
+			Path: pick("/", "/", "/", "", "/x", "/a b"), RawPath: pick("", "", "/", "/x", "%2F"), RawQuery: pick("", "", "", "a=b", "X-Amz-Signature=1")}
 		r := &http.Request{Method: pick("POST", "POST", "GET", ""), URL: u, Header: http.Header{}, ContentLength: int64(pick2(rng, -1, 0, 17, 100))}
 		r.Host = pick(u.Host, u.Host, "", "other.example:80", "sp ace")
 		if rng.IntN(4) == 0 {
@@ -108,34 +111,77 @@ func TestFastSignatureMatchesSigner(t *testing.T) {
 		t.Fatalf("the fast path answered only %d of %d variations", fast, n)
 	}
 
-	// What aws-sdk-go-v2 signs takes the fast path.
-	body := []byte(`{"KeyId":"alias/x","Plaintext":"aGk="}`)
-	req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1:39115/", strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatal(err)
+	// What aws-sdk-go-v2's KMS client sends takes the fast path, and
+	// verifies.
+	var sent *http.Request
+	var sentBody []byte
+	creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+		return aws.Credentials{AccessKeyID: cred.AccessKeyID, SecretAccessKey: cred.SecretAccessKey.Reveal()}, nil
+	})
+	client := kms.NewFromConfig(aws.Config{Region: "us-east-1", Credentials: creds},
+		func(o *kms.Options) {
+			o.BaseEndpoint = aws.String("http://hsmkms.local")
+			o.HTTPClient = doFunc(func(r *http.Request) (*http.Response, error) {
+				sent = r
+				sentBody, _ = io.ReadAll(r.Body)
+				return nil, errors.New("captured")
+			})
+		})
+	_, _ = client.Encrypt(context.Background(), &kms.EncryptInput{KeyId: aws.String("alias/x"), Plaintext: []byte("hi"), EncryptionContext: map[string]string{"a": "b"}})
+	if sent == nil {
+		t.Fatal("the SDK sent nothing")
 	}
-	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
-	req.Header.Set("X-Amz-Target", "TrentService.Encrypt")
-	req.Header.Set("Amz-Sdk-Invocation-Id", "6a3c9f0e-4a3b-4b0e-9a7e-2f7b1c0d9e8f")
-	req.Header.Set("Amz-Sdk-Request", "attempt=1; max=3")
-	sum := sha256.Sum256(body)
-	if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: cred.AccessKeyID, SecretAccessKey: cred.SecretAccessKey.Reveal()},
-		req, hex.EncodeToString(sum[:]), "kms", "us-east-1", at); err != nil {
-		t.Fatal(err)
-	}
-	a, e := parseAuthorization(req.Header.Get("Authorization"))
+	a, e := parseAuthorization(sent.Header.Get("Authorization"))
 	if e != nil {
 		t.Fatal(e)
 	}
-	if !sameAsSigner(t, s, cred, req, a.signedHeaders, body, at) {
-		t.Fatalf("an SDK request (signed headers %q) does not take the fast path", a.signedHeaders)
+	sentAt, err := time.Parse(amzDateFormat, sent.Header.Get("X-Amz-Date"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	if !sameAsSigner(t, s, cred, sent, a.signedHeaders, sentBody, sentAt) {
+		t.Fatalf("an SDK request (%s, raw path %q, signed headers %q) does not take the fast path", sent.URL, sent.URL.RawPath, a.signedHeaders)
+	}
+	sum := sha256.Sum256(sentBody)
 	var got [sha256.Size]byte
-	s.fastSignature(&got, req, &a, cred, []byte(hex.EncodeToString(sum[:])), at, len(body))
+	s.fastSignature(&got, sent, &a, cred, []byte(hex.EncodeToString(sum[:])), sentAt, len(sentBody))
 	if hex.EncodeToString(got[:]) != a.signature {
 		t.Fatal("the fast path does not verify an SDK signature")
 	}
 }
+
+// What a server receives from aws-sdk-go-v2's KMS client over HTTP takes
+// the fast path too.
+func TestFastSignatureOverHTTP(t *testing.T) {
+	s, cred := testSigV4(t)
+	fast := make(chan bool, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		a, e := parseAuthorization(r.Header.Get("Authorization"))
+		at, err := time.Parse(amzDateFormat, r.Header.Get("X-Amz-Date"))
+		if e != nil || err != nil {
+			t.Errorf("%v %v", e, err)
+		}
+		fast <- sameAsSigner(t, s, cred, r, a.signedHeaders, body, at)
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+		return aws.Credentials{AccessKeyID: cred.AccessKeyID, SecretAccessKey: cred.SecretAccessKey.Reveal()}, nil
+	})
+	client := kms.NewFromConfig(aws.Config{Region: "us-east-1", Credentials: creds}, func(o *kms.Options) {
+		o.BaseEndpoint = aws.String(srv.URL)
+		o.RetryMaxAttempts = 1
+	})
+	_, _ = client.Encrypt(context.Background(), &kms.EncryptInput{KeyId: aws.String("alias/x"), Plaintext: []byte("hi")})
+	if !<-fast {
+		t.Fatal("a request received over HTTP does not take the fast path")
+	}
+}
+
+type doFunc func(*http.Request) (*http.Response, error)
+
+func (f doFunc) Do(r *http.Request) (*http.Response, error) { return f(r) }
 
 func pick2(rng *rand.Rand, xs ...int) int { return xs[rng.IntN(len(xs))] }
 
