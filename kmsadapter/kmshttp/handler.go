@@ -333,15 +333,13 @@ func (h *Handler) authorize(ctx context.Context, p *Principal, c check) *Error {
 	if k.policy == nil {
 		return accessDenied("User: %s is not authorized to perform: %s on resource: %s because the key policy cannot be evaluated", p.ARN, c.action, k.arn)
 	}
-	keys := map[string][]string{
-		"kms:calleraccount":    {p.AccountID},
-		"aws:principalarn":     {p.ARN},
-		"aws:principalaccount": {p.AccountID},
+	req := request{principal: p, action: c.action, resource: k.arn}
+	if k.policy.hasConditions() { // the default key policy has none
+		req.keys = c.keys.build()
+		req.keys["kms:calleraccount"] = []string{p.AccountID}
+		req.keys["aws:principalarn"] = []string{p.ARN}
+		req.keys["aws:principalaccount"] = []string{p.AccountID}
 	}
-	for k, v := range c.keys {
-		keys[k] = v
-	}
-	req := request{principal: p, action: c.action, resource: k.arn, keys: keys}
 	switch k.policy.evaluate(&req) {
 	case allowed:
 		return nil

@@ -17,7 +17,7 @@ import (
 type check struct {
 	action string
 	key    *string
-	keys   map[string][]string // condition keys of the request, lower case
+	keys   *condSource // condition keys of the request; nil: none
 	// fromBlob marks a key read from a ciphertext's header: when no such
 	// key exists the check is left to the call, which rejects the
 	// ciphertext, and to the check of the key that served it.
@@ -63,7 +63,7 @@ func mutating(s opSpec) opSpec { s.mutates = true; return s }
 
 // on is the check of action on one key; account the check of an
 // account-level action.
-func on(action string, key *string, keys map[string][]string) []check {
+func on(action string, key *string, keys *condSource) []check {
 	return []check{{action: action, key: key, keys: keys}}
 }
 
@@ -71,18 +71,38 @@ func account(action string) []check { return []check{{action: action}} }
 
 // onCiphertext is the check of action on the key given (any KeyId form),
 // or else on the key named in blob's header.
-func onCiphertext(action string, key *string, blob []byte, keys map[string][]string) []check {
+func onCiphertext(action string, key *string, blob []byte, keys *condSource) []check {
 	if key != nil {
 		return on(action, key, keys)
 	}
 	return []check{{action: action, key: blobKeyID(blob), keys: keys, fromBlob: true}}
 }
 
-// condKeys builds the condition keys of a request: the encryption context
+// condSource holds what the condition keys of a request are made of,
+// built into a map only for a key policy that has conditions.
+type condSource struct {
+	ec map[string]string
+	kv [4]string // up to two "name", value pairs
+}
+
+// condKeys returns the condition keys of a request: the encryption context
 // (kms:EncryptionContext:<key>, kms:EncryptionContextKeys) and any
-// algorithm named, as "name", value pairs.
-func condKeys(ec map[string]string, kv ...string) map[string][]string {
+// algorithm named, as at most two "name", value pairs.
+func condKeys(ec map[string]string, kv ...string) *condSource {
+	c := &condSource{ec: ec}
+	if copy(c.kv[:], kv) < len(kv) {
+		panic("kmshttp: more than two condition key pairs")
+	}
+	return c
+}
+
+// build returns the condition keys, lower case; a nil source has none.
+func (c *condSource) build() map[string][]string {
 	m := map[string][]string{}
+	if c == nil {
+		return m
+	}
+	ec, kv := c.ec, c.kv[:]
 	if len(ec) > 0 {
 		ks := make([]string, 0, len(ec))
 		for k, v := range ec {

@@ -256,6 +256,17 @@ func conditionValues(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
+// hasConditions reports whether any statement has a condition: without,
+// the request's condition keys are never read.
+func (p *Policy) hasConditions() bool {
+	for i := range p.Statements {
+		if len(p.Statements[i].Conditions) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // request is what a policy is evaluated against.
 type request struct {
 	principal *Principal
@@ -278,10 +289,11 @@ const (
 // Allow; with no Allow, the request is implicitly denied.
 func (p *Policy) evaluate(req *request) decision {
 	d := implicitDeny
+	action := strings.ToLower(req.action)
 	for i := range p.Statements {
 		st := &p.Statements[i]
 		via, ok := st.matchPrincipal(req.principal)
-		if !ok || !st.matchAction(req.action) || !st.matchResource(req.resource) || !st.matchConditions(req) {
+		if !ok || !st.matchAction(action) || !st.matchResource(req.resource) || !st.matchConditions(req) {
 			continue
 		}
 		if st.Deny {
@@ -331,8 +343,9 @@ func principalMatches(name string, p *Principal) (viaAccount, ok bool) {
 	return false, false
 }
 
-func (st *Statement) matchAction(action string) bool {
-	a := strings.ToLower(action)
+// matchAction reports whether the statement covers a, an action in lower
+// case.
+func (st *Statement) matchAction(a string) bool {
 	if st.NotActions != nil {
 		for _, pat := range st.NotActions {
 			if globMatch(pat, a) {

@@ -113,3 +113,17 @@ func TestGlob(t *testing.T) {
 		require.Equal(t, c.want, globMatch(c.p, c.s), "%q %q", c.p, c.s)
 	}
 }
+
+func TestAccountOf(t *testing.T) {
+	for arn, want := range map[string]string{
+		"arn:aws:iam::111122223333:root":      "111122223333",
+		"arn:aws:iam::111122223333:user/a:b":  "111122223333",
+		"arn:aws:kms:us-east-1:444455556666:": "444455556666",
+		"arn:aws:iam::111122223333":           "",
+		"111122223333":                        "",
+		"":                                    "",
+		"a:b:c:d::f":                          "",
+	} {
+		require.Equal(t, want, accountOf(arn), arn)
+	}
+}

@@ -103,12 +103,23 @@ func (p *Principal) identityAllows(action string) bool {
 	return false
 }
 
+// accountOf returns the account field of an ARN (the fifth, between the
+// fourth and fifth colons), or "" when arn has fewer than six fields.
 func accountOf(arn string) string {
-	parts := strings.SplitN(arn, ":", 6)
-	if len(parts) < 6 {
-		return ""
+	start, field := 0, 0
+	for i := 0; i < len(arn); i++ {
+		if arn[i] != ':' {
+			continue
+		}
+		field++
+		switch field {
+		case 4:
+			start = i + 1
+		case 5:
+			return arn[start:i]
+		}
 	}
-	return parts[4]
+	return ""
 }
 
 // Authenticator says who sent a request. body is the whole request body.
