@@ -428,18 +428,20 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 			return err
 		}
 		pubT, privT := templates(id, spec, opts)
-		var priv, pub pkcs11.ObjectHandle
-		var err error
-		switch si.keyType {
-		case pkcs11.CKK_AES:
-			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
-		case pkcs11.CKK_GENERIC_SECRET:
-			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
-		case pkcs11.CKK_RSA:
-			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), pubT, privT)
-		case pkcs11.CKK_EC:
-			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), pubT, privT)
-		}
+		priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
+			pubT, privT := setAttr(pubT, pkcs11.CKA_TOKEN, onToken), setAttr(privT, pkcs11.CKA_TOKEN, onToken)
+			switch si.keyType {
+			case pkcs11.CKK_AES:
+				priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
+			case pkcs11.CKK_GENERIC_SECRET:
+				priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
+			case pkcs11.CKK_RSA:
+				pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), pubT, privT)
+			case pkcs11.CKK_EC:
+				pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), pubT, privT)
+			}
+			return priv, pub, err
+		}, nil)
 		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
 			return &Error{Op: OpGenerateKey, Token: t.cfg.selector(), Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
 		}
@@ -454,6 +456,87 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 		return KeyInfo{}, err
 	}
 	return info, nil
+}
+
+// stagesInSession reports whether the token's new keys are made as session
+// objects and then copied to the token, one C_CopyObject per object,
+// rather than made on the token directly. SoftHSM 2.6's file store
+// rewrites a new token object's file for every attribute it fills in with
+// a default: 35 truncate-and-write cycles for an AES key, 61 for an EC key
+// pair (strace). A copy brings every attribute in one transaction, 3
+// cycles per object: GenerateKey went from ~11 to ~3.5 ms for AES-256 and
+// from ~23 to ~8 ms for EC P-256 (cluster's BenchmarkGenerateKey). On a
+// network HSM the copy would only add round trips, and AWS CloudHSM has no
+// C_CopyObject. The quirk comes with the file store that needs
+// ExclusiveObjectWrites, so that flag marks it until profiles carry one of
+// its own.
+func (t *Token) stagesInSession() bool { return t.profile().ExclusiveObjectWrites }
+
+// copyRefused reports whether code says the token will not copy a session
+// object to the token, rather than that the copy failed.
+func copyRefused(code CKR) bool {
+	switch uint(code) {
+	case pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ACTION_PROHIBITED,
+		pkcs11.CKR_ATTRIBUTE_READ_ONLY, pkcs11.CKR_TEMPLATE_INCONSISTENT:
+		return true
+	}
+	return false
+}
+
+// staged creates a key with create and returns its token object handles:
+// pub is 0 for a secret key. When the token stages keys in session objects
+// (see stagesInSession), create makes session objects (onToken false),
+// check, if not nil, examines them, and one C_CopyObject per object puts
+// them on the token; a token that refuses the copy gets create(true)
+// instead. Whatever fails, no object made here is left behind.
+func (t *Token) staged(s *session, create func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error),
+	check func(priv, pub pkcs11.ObjectHandle) error) (priv, pub pkcs11.ObjectHandle, err error) {
+	destroy := func(hs ...pkcs11.ObjectHandle) {
+		for _, h := range hs {
+			if h != 0 {
+				_ = t.mod.ctx.DestroyObject(s.h, h)
+			}
+		}
+	}
+	direct := func() (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+		priv, pub, err := create(true)
+		if err == nil && check != nil {
+			if err = check(priv, pub); err != nil {
+				destroy(priv, pub)
+			}
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		return priv, pub, nil
+	}
+	if !t.stagesInSession() {
+		return direct()
+	}
+	sPriv, sPub, err := create(false)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer destroy(sPriv, sPub) // session objects: only the copies stay
+	if check != nil {
+		if err := check(sPriv, sPub); err != nil {
+			return 0, 0, err
+		}
+	}
+	onToken := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
+	priv, err = t.mod.ctx.CopyObject(s.h, sPriv, onToken)
+	if err == nil && sPub != 0 {
+		if pub, err = t.mod.ctx.CopyObject(s.h, sPub, onToken); err != nil {
+			destroy(priv)
+		}
+	}
+	if c, ok := asCKR(err); ok && copyRefused(c) {
+		return direct()
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return priv, pub, nil
 }
 
 // ensureAbsent fails with ErrKeyExists when an object with CKA_ID id exists.

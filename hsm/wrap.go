@@ -141,27 +141,28 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 		}
 		pubT, privT := templates(req.ID, req.Spec, opts)
 		privT = unwrapTemplate(privT)
-		priv, err := t.unwrap(s, wk, req, privT)
+		pubT = append(unwrapTemplate(pubT), pubAttrs...)
+		var check func(priv, pub pkcs11.ObjectHandle) error
+		if req.Spec.Asymmetric() {
+			check = func(priv, pub pkcs11.ObjectHandle) error {
+				return t.checkPair(s, &keyEntry{info: info, priv: priv, pub: pub, hasPb: true})
+			}
+		}
+		priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
+			priv, err = t.unwrap(s, wk, req, setAttr(privT, pkcs11.CKA_TOKEN, onToken))
+			if err != nil || !req.Spec.Asymmetric() {
+				return priv, 0, err
+			}
+			if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pubT, pkcs11.CKA_TOKEN, onToken)); err != nil {
+				_ = t.mod.ctx.DestroyObject(s.h, priv)
+				return 0, 0, err
+			}
+			return priv, pub, nil
+		}, check)
 		if err != nil {
 			return err
 		}
-		e := &keyEntry{gen: s.gen, info: info, priv: priv}
-		if req.Spec.Asymmetric() {
-			pubT = append(unwrapTemplate(pubT), pubAttrs...)
-			pub, err := t.mod.ctx.CreateObject(s.h, pubT)
-			if err == nil {
-				e.pub, e.hasPb = pub, true
-				err = t.checkPair(s, e)
-			}
-			if err != nil {
-				_ = t.mod.ctx.DestroyObject(s.h, priv)
-				if e.hasPb {
-					_ = t.mod.ctx.DestroyObject(s.h, e.pub)
-				}
-				return err
-			}
-		}
-		t.keys.put(e)
+		t.keys.put(&keyEntry{gen: s.gen, info: info, priv: priv, pub: pub, hasPb: pub != 0})
 		return nil
 	})
 	if err != nil {
