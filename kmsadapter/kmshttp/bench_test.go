@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +17,10 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	smithyendpoints "github.com/aws/smithy-go/endpoints"
 
 	"github.com/hsmkms/hsmkms/kmsadapter"
 	"github.com/hsmkms/hsmkms/kmsadapter/kmshttp"
@@ -137,12 +142,70 @@ func benchEncrypt(b *testing.B, latency time.Duration) {
 	runRounds(b, paths)
 }
 
+// BenchmarkSDKClient is the SDK's own cost per Encrypt 4 KiB: the client
+// alone, answered by a canned response, at 16 goroutines, in interleaved
+// rounds. The first row is the client as the other benchmarks configure
+// it; the others add options a user could set to make it cheaper:
+// "credentials-cache" wraps the credentials provider in
+// aws.NewCredentialsCache, as config.LoadDefaultConfig does;
+// "no-retry-rate-limit" gives the standard retryer no client-side retry
+// token bucket (ratelimit.None, as the SDK documents); "static-endpoint"
+// sets an EndpointResolverV2 that returns the endpoint without the rules
+// engine; "all-three" is the three together, a client a user might really
+// run; "no-retries" (aws.NopRetryer) is for comparison only, as it gives
+// up the retries a real client needs.
+//
+//	go test -run '^$' -bench 'SDKClient$' -benchtime 20x ./kmsadapter/kmshttp/
+func BenchmarkSDKClient(b *testing.B) {
+	plaintext := bytes.Repeat([]byte("k"), 4096)
+	id := aws.String("0b0c0d0e-1111-4222-8333-444455556666")
+	canned := cannedResponse(`{"CiphertextBlob":"` + base64.StdEncoding.EncodeToString(make([]byte, 4096+49)) +
+		`","KeyId":"arn:aws:kms:us-east-1:111122223333:key/` + *id + `","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}`)
+	cached := aws.NewCredentialsCache(awsConfig(alice).Credentials)
+	noLimit := func(o *kms.Options) {
+		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) { so.RateLimiter = ratelimit.None })
+	}
+	static := func(o *kms.Options) { o.EndpointResolverV2 = staticEndpoint("http://hsmkms.local") }
+	path := func(name, metric string, opts ...func(*kms.Options)) benchPath {
+		c := kms.NewFromConfig(awsConfig(alice), append([]func(*kms.Options){func(o *kms.Options) {
+			o.HTTPClient = canned
+			o.BaseEndpoint = aws.String("http://hsmkms.local")
+		}}, opts...)...)
+		return benchPath{name, metric, func() func() error {
+			in := &kms.EncryptInput{KeyId: id, Plaintext: plaintext, EncryptionContext: map[string]string{"bench": "1"}}
+			return func() error { _, err := c.Encrypt(bg, in); return err }
+		}}
+	}
+	withCache := func(o *kms.Options) { o.Credentials = cached }
+	runRounds(b, []benchPath{
+		path("as-benchmarked", ""),
+		path("credentials-cache", "credentials-cache-x", withCache),
+		path("no-retry-rate-limit", "no-retry-rate-limit-x", noLimit),
+		path("static-endpoint", "static-endpoint-x", static),
+		path("all-three", "all-three-x", withCache, noLimit, static),
+		path("no-retries", "no-retries-x", func(o *kms.Options) { o.Retryer = aws.NopRetryer{} }),
+	})
+}
+
+// staticEndpoint resolves every request to one URL, without the SDK's
+// endpoint rules.
+type staticEndpoint string
+
+func (s staticEndpoint) ResolveEndpoint(context.Context, kms.EndpointParameters) (smithyendpoints.Endpoint, error) {
+	u, err := url.Parse(string(s))
+	if err != nil {
+		return smithyendpoints.Endpoint{}, err
+	}
+	return smithyendpoints.Endpoint{URI: *u}, nil
+}
+
 // runRounds runs b.N rounds of every path and reports them; see
 // BenchmarkEncrypt4KiB.
 func runRounds(b *testing.B, paths []benchPath) {
 	type total struct {
-		wall, cpu time.Duration
-		calls     int
+		wall, cpu      time.Duration
+		calls          int
+		bytes, objects uint64 // allocated
 	}
 	totals := make([]total, len(paths))
 	calls := make([][]func() error, len(paths))
@@ -158,13 +221,18 @@ func runRounds(b *testing.B, paths []benchPath) {
 	for round := range b.N {
 		for j := range paths {
 			i := (round + j) % len(paths)
+			var m0, m1 runtime.MemStats
+			runtime.ReadMemStats(&m0)
 			wall, cpu, err := burst(calls[i])
 			if err != nil {
 				b.Fatalf("%s: %v", paths[i].name, err)
 			}
+			runtime.ReadMemStats(&m1)
 			totals[i].wall += wall
 			totals[i].cpu += cpu
 			totals[i].calls += benchBurst
+			totals[i].bytes += m1.TotalAlloc - m0.TotalAlloc
+			totals[i].objects += m1.Mallocs - m0.Mallocs
 		}
 	}
 	b.StopTimer()
@@ -174,8 +242,9 @@ func runRounds(b *testing.B, paths []benchPath) {
 	var lines []string
 	for i, p := range paths {
 		t := totals[i]
-		lines = append(lines, fmt.Sprintf("  %-24s %7.0f ops/s %6.2fx   %6.1f cpu-us/op %6.2fx per core",
-			p.name, ops(t), ops(t)/ops(base), cpuUS(t), cpuUS(base)/cpuUS(t)))
+		lines = append(lines, fmt.Sprintf("  %-24s %7.0f ops/s %6.2fx   %6.1f cpu-us/op %6.2fx per core   %6.1f KB/op %5.0f allocs/op",
+			p.name, ops(t), ops(t)/ops(base), cpuUS(t), cpuUS(base)/cpuUS(t),
+			float64(t.bytes)/1024/float64(t.calls), float64(t.objects)/float64(t.calls)))
 		if p.metric == "" {
 			b.ReportMetric(ops(t), p.name+"-ops/s")
 			b.ReportMetric(cpuUS(t), p.name+"-cpu-us/op")
@@ -184,7 +253,10 @@ func runRounds(b *testing.B, paths []benchPath) {
 		}
 	}
 	b.ReportMetric(0, "ns/op")
-	fmt.Printf("%s, %d rounds of %d calls per path at %d goroutines; throughput and CPU per call, and their ratio to the adapter:\n%s\n",
+	if b.N == 1 {
+		return // the framework's trial run
+	}
+	fmt.Printf("%s, %d rounds of %d calls per path at %d goroutines; throughput and CPU per call, their ratio to the first row's, and allocation per call:\n%s\n",
 		b.Name(), b.N, benchBurst, benchGoroutines, strings.Join(lines, "\n"))
 }
 
