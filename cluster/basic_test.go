@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"errors"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -83,5 +84,64 @@ func TestReplicatedKeyWorksOnEveryMember(t *testing.T) {
 		if own != 1 || copies != 2 {
 			t.Fatalf("member %d: %d own KEKs and %d copies, want 1 and 2", i, own, copies)
 		}
+	}
+}
+
+// TestCreationOnTokensThatCreateDirectly: members whose profile makes
+// token objects directly (no session object copied to the token, as on
+// a network HSM) create, replicate and serve keys alike, and a replica
+// whose public key does not match its private key is refused and leaves
+// nothing behind.
+func TestCreationOnTokensThatCreateDirectly(t *testing.T) {
+	e := newEnv(t, 2, func(c *Config) {
+		for i := range c.Members {
+			p := hsm.ProfileSoftHSM2
+			p.ExclusiveObjectWrites = false // the flag that stages creation in session objects
+			c.Members[i].Token.Profile = &p
+		}
+	})
+	ctx := context.Background()
+	for _, spec := range []hsm.KeySpec{hsm.AES256, hsm.ECP256} {
+		if _, err := e.c.GenerateKey(ctx, hsm.KeyID("d-"+string(spec)), spec, hsm.KeyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		if got := e.tokenKeys(i); len(got) != 2 {
+			t.Fatalf("member %d holds %v, want 2 keys", i, got)
+		}
+	}
+	ct, iv, err := e.c.members[0].token().EncryptGCM(ctx, "d-AES_256", nil, []byte("hello"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := e.c.members[1].token().DecryptGCM(ctx, "d-AES_256", iv, ct, nil); err != nil || string(pt) != "hello" {
+		t.Fatalf("member 1 cannot decrypt member 0's ciphertext: %v", err)
+	}
+	sig, err := e.c.members[1].token().Sign(ctx, "d-EC_P256", hsm.ECDSA, crypto.SHA256, digest("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.members[0].token().Verify(ctx, "d-EC_P256", hsm.ECDSA, crypto.SHA256, digest("m"), sig); err != nil {
+		t.Fatal(err)
+	}
+
+	tok := e.c.members[0].token()
+	_, _, kek := e.c.members[0].snapshot()
+	blob, _, err := tok.GenerateWrapped(ctx, kek, hsm.ECP256, hsm.KeyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherPub, err := tok.GenerateWrapped(ctx, kek, hsm.ECP256, hsm.KeyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: kek, Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad},
+		Wrapped: blob, ID: "mismatch", Spec: hsm.ECP256, PublicKey: otherPub})
+	if !errors.Is(err, hsm.ErrInvalidInput) {
+		t.Fatalf("got %v, want ErrInvalidInput", err)
+	}
+	if got := e.tokenKeys(0); len(got) != 2 {
+		t.Fatalf("member 0 holds %v after the refused pair", got)
 	}
 }

@@ -212,9 +212,11 @@ func (c *Cluster) generateEverywhere(ctx context.Context, id hsm.KeyID, spec hsm
 			}
 			continue // nothing was stored: try the next member
 		}
+		// The public key and the wrapped private key come from one
+		// generation inside the origin: no member needs to check the pair.
 		req := hsm.UnwrapRequest{
 			WrappingKey: kek, Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: w.blob,
-			ID: id, Spec: spec, Options: opts, PublicKey: w.pub,
+			ID: id, Spec: spec, Options: opts, PublicKey: w.pub, SamePair: true,
 		}
 		var mu sync.Mutex
 		var wg sync.WaitGroup

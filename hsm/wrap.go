@@ -105,6 +105,12 @@ type UnwrapRequest struct {
 	// token gets a public key object from it, checked against the private
 	// key before the pair is kept.
 	PublicKey []byte
+	// SamePair says that PublicKey and Wrapped come from one key pair
+	// inside an HSM, as GenerateWrapped returns them, so the check that
+	// they belong together (a signature, or an encryption, with the new
+	// pair) is skipped. Leave it false for a public key from anywhere
+	// else: a wrong one would make a pair whose signatures never verify.
+	SamePair bool
 }
 
 // UnwrapKey creates key req.ID from a wrapped blob, inside the token: the
@@ -143,7 +149,7 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 		privT = unwrapTemplate(privT)
 		pubT = append(unwrapTemplate(pubT), pubAttrs...)
 		var check func(priv, pub pkcs11.ObjectHandle) error
-		if req.Spec.Asymmetric() {
+		if req.Spec.Asymmetric() && !req.SamePair {
 			check = func(priv, pub pkcs11.ObjectHandle) error {
 				return t.checkPair(s, &keyEntry{info: info, priv: priv, pub: pub, hasPb: true})
 			}
