@@ -763,3 +763,49 @@ func TestCircuitBreakerOpensOnMemberFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAbandonedCreationIsCleared: the caller gives up while one member's
+// unwrap runs; that call still makes the key there afterwards. The other
+// copies are rolled back, and a retry with the same ID clears the late
+// copy first and succeeds.
+func TestAbandonedCreationIsCleared(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	slow := e.sh.Members[1].Faults
+	slow.Hang(hsm.OpUnwrapKey)
+	before := map[int]int64{}
+	for _, i := range []int{0, 2} {
+		before[i] = e.sh.Members[i].Faults.Calls(hsm.OpUnwrapKey)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.c.GenerateKey(ctx, "abandoned", hsm.AES256, hsm.KeyOptions{})
+		done <- err
+	}()
+	if err := slow.AwaitHung(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 2} { // their unwraps are done: they hold the key
+		f := e.sh.Members[i].Faults
+		waitFor(t, func() bool { return f.Calls(hsm.OpUnwrapKey) == before[i]+1 && f.InFlight() == 0 })
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("creation succeeded without member 1")
+	}
+	slow.Release()
+	waitFor(t, func() bool { return slices.Contains(e.tokenKeys(1), "abandoned") })
+	for _, i := range []int{0, 2} {
+		if got := e.tokenKeys(i); len(got) != 0 {
+			t.Fatalf("member %d keeps %v after the rollback", i, got)
+		}
+	}
+	if _, err := e.c.GenerateKey(context.Background(), "abandoned", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := e.tokenKeys(i); !slices.Equal(got, []string{"abandoned"}) {
+			t.Fatalf("member %d holds %v", i, got)
+		}
+	}
+}

@@ -151,6 +151,9 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 			break
 		}
 		if !retryable(err) {
+			if mayHaveMade(err) {
+				m.addSuspect(id) // abandoned: the call may still make the key
+			}
 			return hsm.KeyInfo{}, err
 		}
 		// The call may have created the key before failing: remember it,
@@ -175,9 +178,10 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	}
 	done, errs := c.replicate(ctx, origin, id, spec, info.Usage, others)
 	for _, e := range errs {
-		if errors.Is(e, hsm.ErrKeyExists) {
-			// The catalog does not know id, so what is there is left
-			// from a failed creation: the member's re-sync destroys it.
+		if mayHaveMade(e) {
+			// The catalog does not know id, so what is there, or may
+			// appear there, is left from a failed creation: destroyed
+			// before any retry, and by the member's re-sync.
 			c.byName[e.Member].addSuspect(id)
 		}
 	}
@@ -227,10 +231,11 @@ func (c *Cluster) generateEverywhere(ctx context.Context, id hsm.KeyID, spec hsm
 				defer mu.Unlock()
 				if err != nil {
 					attempts = append(attempts, &MemberError{m.name, err})
-					if errors.Is(err, hsm.ErrKeyExists) || retryable(err) {
+					if mayHaveMade(err) {
 						// Left from a failed creation, or perhaps made before
-						// the member failed: destroyed before any retry, and
-						// by the member's re-sync if the key is not recorded.
+						// the member failed or by an abandoned call: destroyed
+						// before any retry, and by the member's re-sync if the
+						// key is not recorded.
 						m.addSuspect(id)
 					}
 					return
@@ -242,6 +247,14 @@ func (c *Cluster) generateEverywhere(ctx context.Context, id hsm.KeyID, spec hsm
 		return holders, attempts, hsm.KeyInfo{ID: id, Spec: spec, Usage: opts.Usage, Extractable: true}, nil
 	}
 	return nil, attempts, hsm.KeyInfo{}, nil
+}
+
+// mayHaveMade reports whether a creation call that failed with err may
+// have left the key on its member: one was there already, the member
+// failed midway, or the caller gave up while the call ran (the worker may
+// still finish it). A caller's fault (a bad blob, say) leaves nothing.
+func mayHaveMade(err error) bool {
+	return errors.Is(err, hsm.ErrKeyExists) || hsm.Classify(err) != hsm.ClassCaller
 }
 
 // commit records a new key held by holders when they make the quorum q,
