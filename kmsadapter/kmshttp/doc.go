@@ -79,7 +79,11 @@
 //
 // A Handler, a SigV4 and a Transport are safe for concurrent use. The
 // handler holds no lock while it calls the API; its key cache and the
-// replay cache of SigV4 (32 shards) are locked briefly per request.
+// replay cache of SigV4 (32 shards) are locked briefly per request; each
+// credential's signing key is swapped atomically when the day changes.
+// Request bodies and responses use pooled buffers; a response from
+// Transport returns its buffer to the pool when its body is closed, and
+// cannot be read after.
 //
 // # Errors
 //
