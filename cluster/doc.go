@@ -67,14 +67,15 @@
 //
 // Every member holds a key-encryption key (KEK) of its own, an AES-256 key
 // its SO marked trusted (CKA_TRUSTED), and an untrusted copy of every
-// other member's KEK. A key is created on one member, extractable only
+// other member's KEK. A key is generated on one member, extractable only
 // under a trusted key (CKA_WRAP_WITH_TRUSTED) and never in plaintext
 // (CKA_SENSITIVE), wrapped there under that member's KEK (AES key wrap
-// with padding), and unwrapped inside each other member, in parallel;
-// key pairs carry their public key with them. So a key's material exists
-// outside an HSM only wrapped, and only in this process's memory during
-// the copy. KeyOptions.Extractable is ignored: every key the cluster makes
-// is extractable in that sense, and in no other.
+// with padding) without being stored, and unwrapped inside every member,
+// that one included, in parallel; key pairs carry their public key with
+// them, from the same generation. So a key's material exists outside an
+// HSM only wrapped, and only in this process's memory during the copy.
+// KeyOptions.Extractable is ignored: every key the cluster makes is
+// extractable in that sense, and in no other.
 //
 // Why one KEK per member rather than one for the whole cluster: PKCS#11
 // lets only the SO set CKA_TRUSTED, and only when the object is created;
@@ -91,8 +92,9 @@
 // with Replicas, such as an AWS CloudHSM cluster behind one module, counts
 // several times). Missing the quorum destroys every copy made and returns
 // an error wrapping ErrQuorum and each member's error. A copy that cannot
-// be destroyed at that moment (its member just failed) is remembered and
-// destroyed by the member's re-sync.
+// be destroyed at that moment (its member just failed), or that a call
+// its caller gave up on may still make, is remembered, and destroyed
+// before the ID is tried again and by the member's re-sync.
 //
 // # Catalog, re-sync and anti-entropy
 //
@@ -102,11 +104,12 @@
 // too, so there is one source of truth. DestroyKey writes the tombstone
 // first, then destroys the key on every reachable member. Re-sync, which
 // runs before a returning or replaced member serves, lists the member's
-// keys (the only C_FindObjects the cluster does), destroys the tombstoned
-// ones and the leftovers of failed creations, and copies the missing ones
-// from a healthy member. AntiEntropy does the same for healthy members,
-// each Config.AntiEntropyInterval. Coverage reports which members hold
-// each key, and keys members hold that the catalog does not list.
+// keys (the only listing the cluster does; creating a key searches each
+// member for its ID once), destroys the tombstoned ones and the leftovers
+// of failed creations, and copies the missing ones from a healthy member.
+// AntiEntropy does the same for healthy members, each
+// Config.AntiEntropyInterval. Coverage reports which members hold each
+// key, and keys members hold that the catalog does not list.
 //
 // # Membership
 //
