@@ -25,11 +25,9 @@
 // An Authenticator says who sent a request. SigV4 verifies AWS Signature
 // Version 4 for the service "kms" against configured credentials, each an
 // access key pair standing for an IAM principal ARN. The expected
-// signature is computed over the headers the caller signed and the body as
-// received: directly for the plain requests SDKs send (POST /, printable
-// header values), with the signing key derived once a day per credential,
-// and by aws-sdk-go-v2's own signer for any other; tests check that the
-// two agree. Signatures are compared in constant time. A request is
+// signature is computed by aws-sdk-go-v2's own v4 signer over the headers
+// the caller signed and the SHA-256 of the body as received. Signatures
+// are compared in constant time. A request is
 // accepted within MaxSkew (5 minutes, as AWS) of its X-Amz-Date, and a
 // signature already seen is refused once SigV4Config.ReplayGrace (2
 // seconds) has passed since it was first seen: clients built on botocore
@@ -79,8 +77,7 @@
 //
 // A Handler, a SigV4 and a Transport are safe for concurrent use. The
 // handler holds no lock while it calls the API; its key cache and the
-// replay cache of SigV4 (32 shards) are locked briefly per request; each
-// credential's signing key is swapped atomically when the day changes.
+// replay cache of SigV4 (32 shards) are locked briefly per request.
 // Request bodies and responses use pooled buffers; a response from
 // Transport returns its buffer to the pool when its body is closed, and
 // cannot be read after.

@@ -196,11 +196,9 @@ func (c SigV4Config) Validate() error {
 
 // SigV4 authenticates requests signed with AWS Signature Version 4 for
 // the service "kms", as every AWS SDK and the AWS CLI sign them. The
-// expected signature is computed over the headers the caller says it
-// signed and the SHA-256 of the body as received: for the plain requests
-// SDKs send, directly (canonical.go), as aws-sdk-go-v2's v4 signer
-// computes it, and for any other request by that signer itself. A request
-// is accepted within MaxSkew of its X-Amz-Date; a
+// expected signature is computed by aws-sdk-go-v2's own v4 signer over
+// the headers the caller says it signed and the SHA-256 of the body as
+// received. A request is accepted within MaxSkew of its X-Amz-Date; a
 // signature seen more than ReplayGrace before is refused (replay
 // protection).
 //
@@ -216,6 +214,13 @@ type SigV4 struct {
 	clock  Clock
 	signer *v4.Signer
 	seen   replayCache
+}
+
+// credEntry is a configured credential and the Principal every request
+// signed with it gets (returned as a copy).
+type credEntry struct {
+	Credential
+	principal Principal
 }
 
 // SigV4Option sets a collaborator of SigV4.
@@ -364,10 +369,8 @@ func (s *SigV4) Authenticate(r *http.Request, body []byte) (*Principal, error) {
 		return nil, invalidSig("The provided 'x-amz-content-sha256' header does not match what was computed.")
 	}
 	var want [sha256.Size]byte
-	if !s.fastSignature(&want, r, &a, cred, payloadHash[:], t, len(body)) {
-		if e := s.expected(&want, r, a, cred, string(payloadHash[:]), t, len(body)); e != nil {
-			return nil, e
-		}
+	if e := s.expected(&want, r, a, cred, string(payloadHash[:]), t, len(body)); e != nil {
+		return nil, e
 	}
 	var got [sha256.Size]byte
 	if len(a.signature) != 2*sha256.Size {
@@ -384,8 +387,7 @@ func (s *SigV4) Authenticate(r *http.Request, body []byte) (*Principal, error) {
 }
 
 // expected signs a copy of r that carries only the headers the caller
-// signed, with the SDK's signer, and sets want to that signature. It
-// serves the requests fastSignature does not.
+// signed, with the SDK's signer, and sets want to that signature.
 func (s *SigV4) expected(want *[sha256.Size]byte, r *http.Request, a authHeader, cred *credEntry, payloadHash string, t time.Time, bodyLen int) *Error {
 	host := r.Host
 	if host == "" {
