@@ -21,6 +21,7 @@ type Crypto interface {
 	DestroyKey(ctx context.Context, id hsm.KeyID) error
 	Describe(ctx context.Context, id hsm.KeyID) (hsm.KeyInfo, error)
 	EncryptGCM(ctx context.Context, id hsm.KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error)
+	AppendEncryptGCM(ctx context.Context, dst []byte, id hsm.KeyID, iv, plaintext, aad []byte) (out, ivUsed []byte, err error)
 	DecryptGCM(ctx context.Context, id hsm.KeyID, iv, ciphertext, aad []byte) ([]byte, error)
 	EncryptOAEP(ctx context.Context, id hsm.KeyID, h crypto.Hash, plaintext []byte) ([]byte, error)
 	DecryptOAEP(ctx context.Context, id hsm.KeyID, h crypto.Hash, ciphertext []byte) ([]byte, error)

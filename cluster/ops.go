@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"crypto"
+	"slices"
+	"sync/atomic"
 
 	"github.com/hsmkms/hsmkms/hsm"
 )
@@ -27,10 +29,24 @@ func (c *Cluster) Describe(ctx context.Context, id hsm.KeyID) (hsm.KeyInfo, erro
 // EncryptGCM encrypts with AES-GCM; see hsm.Token.EncryptGCM. The IV
 // travels with the ciphertext, so any member can decrypt.
 func (c *Cluster) EncryptGCM(ctx context.Context, id hsm.KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error) {
+	return c.AppendEncryptGCM(ctx, nil, id, iv, plaintext, aad)
+}
+
+// AppendEncryptGCM is EncryptGCM appending to dst; see
+// hsm.Token.AppendEncryptGCM. Only the first attempt writes into dst's
+// spare room: a retry or a hedged attempt gets an array of its own, since
+// an attempt abandoned at its deadline may still write into the one it
+// had.
+func (c *Cluster) AppendEncryptGCM(ctx context.Context, dst []byte, id hsm.KeyID, iv, plaintext, aad []byte) (out, ivUsed []byte, err error) {
+	var lent atomic.Bool
 	// A caller's IV must never be used twice under one key, so a call
 	// with one is not hedged: two members would encrypt with it.
 	p, err := route(c, ctx, "encrypt", id, iv == nil, func(ctx context.Context, t *hsm.Token) (pair[[]byte, []byte], error) {
-		ct, ivu, err := t.EncryptGCM(ctx, id, iv, plaintext, aad)
+		buf := dst
+		if lent.Swap(true) {
+			buf = slices.Clip(dst)
+		}
+		ct, ivu, err := t.AppendEncryptGCM(ctx, buf, id, iv, plaintext, aad)
 		return pair[[]byte, []byte]{ct, ivu}, err
 	})
 	return p.a, p.b, err

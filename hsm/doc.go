@@ -4,7 +4,12 @@
 // hot path searches the token, a deadline on every call, and errors that
 // keep the PKCS#11 return value and say whose fault they are.
 //
-// It is the only package of hsmkms that imports github.com/miekg/pkcs11.
+// It is the only package of hsmkms that imports github.com/miekg/pkcs11,
+// and it calls a module directly in one place: AES-GCM encryption calls
+// the module's C_Encrypt (from its function list) with an output buffer
+// of the caller's choosing, so that AppendEncryptGCM writes a ciphertext
+// into the caller's memory, where miekg/pkcs11 would ask for the length,
+// then allocate and copy (direct.go).
 //
 // # Opening a token
 //
@@ -47,7 +52,9 @@
 // comes first. A call that passes it returns at the deadline with ctx's
 // error (ErrTimeout for our own timeout), its session is never reused and
 // the token reports itself unhealthy (Health). The worker stuck in the
-// module is accepted as lost. Cancelling a context never counts against
+// module is accepted as lost; if the module answers after all, the worker
+// finishes the call, so AppendEncryptGCM may still write into the spare
+// room of the dst it was given. Cancelling a context never counts against
 // the token.
 //
 // When a call returns a session-fatal code (CKR_SESSION_HANDLE_INVALID,

@@ -31,8 +31,18 @@ const MaxDataSize = 1 << 20
 // ciphertext with the 16-byte tag appended, and the IV that was used,
 // which the caller stores beside it.
 func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error) {
+	return t.AppendEncryptGCM(ctx, nil, id, iv, plaintext, aad)
+}
+
+// AppendEncryptGCM is EncryptGCM that appends the ciphertext (tag
+// included) to dst and returns the extended slice, as cipher.AEAD's Seal
+// does: with room enough in dst, the token writes the ciphertext there and
+// nothing is allocated or copied for it. Use only the returned slice. When
+// the call returns an error, an abandoned call (see Concurrency in the
+// package documentation) may still write into dst's spare capacity later:
+// do not reuse that array then.
+func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, plaintext, aad []byte) (out, ivUsed []byte, err error) {
 	profile := t.profile()
-	var outCT, outIV []byte // written by the worker; read only once do returned nil
 	switch {
 	case len(plaintext) == 0:
 		err = fmt.Errorf("%w: empty plaintext", ErrInvalidInput)
@@ -53,6 +63,12 @@ func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []b
 			}
 		}
 	}
+	// The worker writes into buf and outIV, which the caller reads only
+	// once do returned nil; an abandoned worker may write into buf later,
+	// so buf is never a result variable that returning would clear.
+	n := len(plaintext) + GCMTagSize
+	buf := slices.Grow(dst, n)[:len(dst)+n]
+	var outIV []byte
 	err = t.withKey(ctx, OpEncrypt, id, func(s *session, e *keyEntry) error {
 		if specs[e.info.Spec].keyType != pkcs11.CKK_AES {
 			return fmt.Errorf("%w: %s is %s, not AES", ErrWrongKeyType, id, e.info.Spec)
@@ -62,8 +78,7 @@ func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []b
 		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_AES_GCM, params), e.priv); err != nil {
 			return keyErr(err)
 		}
-		out, err := t.mod.ctx.Encrypt(s.h, plaintext)
-		if err != nil {
+		if err := t.encryptInto(s, plaintext, buf[len(dst):]); err != nil {
 			return err
 		}
 		used := iv
@@ -73,13 +88,36 @@ func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []b
 				return fmt.Errorf("%w: profile %s expects the token to write its GCM IV back, and it did not", ErrUnsupported, profile.Name)
 			}
 		}
-		outCT, outIV = out, used
+		outIV = used
 		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	return outCT, outIV, nil
+	return buf, outIV, nil
+}
+
+// encryptInto finishes the encryption initialized on s, writing exactly
+// len(out) bytes of ciphertext into out.
+func (t *Token) encryptInto(s *session, plaintext, out []byte) error {
+	var got int
+	if t.mod.encrypt.fn != nil {
+		var err error
+		if got, err = t.mod.encrypt.encrypt(s.h, plaintext, out); err != nil {
+			return err
+		}
+	} else {
+		ct, err := t.mod.ctx.Encrypt(s.h, plaintext)
+		if err != nil {
+			return err
+		}
+		got = len(ct)
+		copy(out, ct)
+	}
+	if got != len(out) {
+		return fmt.Errorf("%w: AES-GCM gave %d bytes of ciphertext for %d of plaintext", ErrUnsupported, got, len(plaintext))
+	}
+	return nil
 }
 
 // DecryptGCM decrypts and authenticates an AES-GCM ciphertext (tag

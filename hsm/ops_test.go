@@ -155,6 +155,56 @@ func TestGCMIVModes(t *testing.T) {
 	assert.NoError(t, err)
 }
 
+// TestAppendEncryptGCM: the ciphertext lands in dst's spare room when there
+// is enough of it (SoftHSM's C_Encrypt is called directly, writing into
+// it), dst's contents are kept either way, and the module's C_Encrypt and
+// miekg/pkcs11's path give the same ciphertext for the same IV.
+func TestAppendEncryptGCM(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "app", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 100)
+	iv := bytes.Repeat([]byte{9}, hsm.GCMIVSize)
+	prefix := []byte("header")
+
+	direct, restore := hsm.DirectEncrypt(tok, false)
+	restore()
+	require.True(t, direct, "SoftHSM's function list should be readable")
+
+	// Room enough: written in place.
+	dst := make([]byte, len(prefix), len(prefix)+len(msg)+hsm.GCMTagSize)
+	copy(dst, prefix)
+	out, used, err := tok.AppendEncryptGCM(ctx, dst, "app", iv, msg, []byte("aad"))
+	require.NoError(t, err)
+	assert.Equal(t, iv, used)
+	require.Len(t, out, len(prefix)+len(msg)+hsm.GCMTagSize)
+	assert.Same(t, &dst[:1][0], &out[0], "the ciphertext should be written into dst")
+	assert.Equal(t, prefix, out[:len(prefix)])
+	pt, err := tok.DecryptGCM(ctx, "app", used, out[len(prefix):], []byte("aad"))
+	require.NoError(t, err)
+	assert.Equal(t, msg, pt)
+
+	// No room: a new array, the prefix copied.
+	out2, _, err := tok.AppendEncryptGCM(ctx, prefix[:len(prefix):len(prefix)], "app", iv, msg, []byte("aad"))
+	require.NoError(t, err)
+	assert.Equal(t, out, out2)
+	assert.Equal(t, []byte("header"), prefix)
+
+	// miekg/pkcs11's path gives the same bytes.
+	_, restore = hsm.DirectEncrypt(tok, true)
+	ct, _, err := tok.EncryptGCM(ctx, "app", iv, msg, []byte("aad"))
+	restore()
+	require.NoError(t, err)
+	assert.Equal(t, out[len(prefix):], ct)
+
+	// Bad input appends nothing and says why.
+	_, _, err = tok.AppendEncryptGCM(ctx, dst, "app", iv, nil, nil)
+	assert.ErrorIs(t, err, hsm.ErrInvalidInput)
+	_, _, err = tok.AppendEncryptGCM(ctx, dst, "missing", iv, msg, nil)
+	assert.ErrorIs(t, err, hsm.ErrKeyNotFound)
+}
+
 // TestVagueFailures: every way a ciphertext, signature or MAC can be wrong
 // gives the same vague error, without a code, classified as the caller's.
 func TestVagueFailures(t *testing.T) {

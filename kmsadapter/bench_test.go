@@ -156,8 +156,11 @@ func runN(n int, fn func() error) (time.Duration, error) {
 // an operation through kmsadapter and of the same HSM work on the
 // Backend, so that load from other processes hits both alike, and
 // reports each side's throughput and their ratio (kmsadapter/backend;
-// the issue asks for at least 0.9). keys=1000/keys=10 compares Encrypt
-// over 1,000 keys with Encrypt over 10.
+// the issue asks for at least 0.9). The last three compare key counts
+// instead: EncryptOn1000vs10Keys, Encrypt over 10 keys of a KMS holding
+// 1,000 against a KMS holding those 10 only; EncryptKeys1000vs10, Encrypt
+// cycling over all 1,000 keys against cycling over 10; and
+// ClusterKeys1000vs10, that cycling on the cluster alone.
 //
 //	go test -run '^$' -bench Ratio -benchtime 100x ./kmsadapter/
 func BenchmarkRatio(b *testing.B) {
@@ -205,10 +208,30 @@ func BenchmarkRatio(b *testing.B) {
 		}
 	}
 	var rr atomic.Int64
-	encOver := func(set func() []string) func() error {
+	encOn := func(c *kmsadapter.Client, set func() []string) func() error {
 		return func() error {
 			k := set()[int(rr.Add(1))%len(set())]
 			_, err := c.Encrypt(bg, &kms.EncryptInput{KeyId: str(k), Plaintext: pt})
+			return err
+		}
+	}
+	encOver := func(set func() []string) func() error { return encOn(c, set) }
+	// A second KMS, on three tokens of its own, that holds 10 keys only.
+	var small *kmsadapter.Client
+	var smallKeys []string
+	makeSmall := func(b *testing.B) {
+		if small != nil {
+			return
+		}
+		small = newClusterEnv(&onceTB{B: b}, 3).c
+		for range 10 {
+			smallKeys = append(smallKeys, createKey(b, small))
+		}
+	}
+	clusterOver := func(set func() []string) func() error {
+		return func() error {
+			k := set()[int(rr.Add(1))%len(set())]
+			_, _, err := be.EncryptGCM(bg, hsm.KeyID(k+"/v1"), nil, pt, nil)
 			return err
 		}
 	}
@@ -252,15 +275,24 @@ func BenchmarkRatio(b *testing.B) {
 				_, err := be.Sign(bg, ecHSM, hsm.ECDSA, crypto.SHA256, d[:])
 				return err
 			}},
-		// Not adapter against backend: Encrypt over 1,000 keys against
-		// Encrypt over 10.
+		// Not adapter against backend. Encrypt over 10 keys of a KMS
+		// that holds 1,000 against over the 10 keys of one that holds 10
+		// (what the number of keys costs), Encrypt cycling over all 1,000
+		// keys against cycling over 10 (what a working set of 1,000 keys
+		// costs), and the same cycling on the cluster alone, below the
+		// adapter (what it costs the HSMs).
+		{"EncryptOn1000vs10Keys", encOver(func() []string { return keys[:10] }), func() error { return encOn(small, func() []string { return smallKeys })() }},
 		{"EncryptKeys1000vs10", encOver(func() []string { return keys }), encOver(func() []string { return keys[:10] })},
+		{"ClusterKeys1000vs10", clusterOver(func() []string { return keys }), clusterOver(func() []string { return keys[:10] })},
 	}
 	const burst = 400
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
-			if strings.HasPrefix(tc.name, "EncryptKeys") {
+			if strings.Contains(tc.name, "1000vs10") {
 				makeKeys(b)
+			}
+			if tc.name == "EncryptOn1000vs10Keys" {
+				makeSmall(b)
 			}
 			// Warm up both sides (handle caches on every member, metadata).
 			_, err := runN(2000, tc.adapter)

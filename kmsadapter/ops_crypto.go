@@ -83,20 +83,24 @@ func (c *Client) encrypt(ctx context.Context, r *keyRecord, alg types.Encryption
 	}
 	v := r.current()
 	uuid, _ := parseUUID(r.ID)
-	// The blob is allocated once, header first; the header is also the
-	// start of the additional data.
-	blob := make([]byte, blobAuthLen, blobOverhead+len(pt))
+	// The blob is allocated once, header first, and the HSM writes the
+	// ciphertext straight into it (AppendEncryptGCM); the IV, known only
+	// afterwards when the HSM picks it, fills the room left for it. The
+	// authenticated part of the header is also the start of the
+	// additional data.
+	blob := make([]byte, blobHeaderLen, blobOverhead+len(pt))
 	blob[0] = blobVersion1
 	copy(blob[1:17], uuid[:])
 	binary.BigEndian.PutUint32(blob[17:21], uint32(v.N))
-	ct, iv, err := c.backend.EncryptGCM(ctx, v.HSMKey, nil, pt, blobAAD(blob, ec))
+	out, iv, err := c.backend.AppendEncryptGCM(ctx, blob, v.HSMKey, nil, pt, blobAAD(blob[:blobAuthLen], ec))
 	if err != nil {
 		return nil, nil, backendErr(err, "encryption")
 	}
-	if len(iv) != hsm.GCMIVSize {
-		return nil, nil, internal("the HSM returned an IV of %d bytes", len(iv))
+	if len(iv) != hsm.GCMIVSize || len(out) != len(blob)+len(pt)+hsm.GCMTagSize {
+		return nil, nil, internal("the HSM returned an IV of %d bytes and %d bytes of ciphertext", len(iv), len(out)-len(blob))
 	}
-	return append(append(blob, iv...), ct...), v, nil
+	copy(out[blobAuthLen:blobHeaderLen], iv)
+	return out, v, nil
 }
 
 // decrypt decrypts a ciphertext. keyID is the caller's KeyId (optional

@@ -139,6 +139,11 @@ func (f *Faults) AwaitHung(ctx context.Context, n int) error {
 	return f.waitUntil(ctx, func() bool { return f.hung >= n })
 }
 
+// AwaitIdle blocks until no admitted call is in flight, or ctx is done.
+func (f *Faults) AwaitIdle(ctx context.Context) error {
+	return f.waitUntil(ctx, func() bool { return f.inFlight == 0 })
+}
+
 // SetLatency delays every call of op (AnyOp: every call) by d before it
 // runs. Zero or less removes the latency.
 func (f *Faults) SetLatency(op hsm.Op, d time.Duration) {
