@@ -1,3 +1,5 @@
+//go:build unix
+
 package hsm
 
 /*
@@ -32,7 +34,7 @@ static void *hsm_resolve_encrypt(const char *path) {
 	void *enc = NULL;
 	hsm_get_function_list get = (hsm_get_function_list)dlsym(h, "C_GetFunctionList");
 	struct hsm_function_list *fl = NULL;
-	if (get != NULL && get(&fl) == 0 && fl != NULL && fl->major == 2 && fl->fn[3] == (void *)get) {
+	if (get != NULL && get(&fl) == 0 && fl != NULL && (fl->major == 2 || fl->major == 3) && fl->fn[3] == (void *)get) {
 		enc = fl->fn[30];
 	}
 	dlclose(h);
