@@ -34,9 +34,11 @@ func (c *Cluster) EncryptGCM(ctx context.Context, id hsm.KeyID, iv, plaintext, a
 
 // AppendEncryptGCM is EncryptGCM appending to dst; see
 // hsm.Token.AppendEncryptGCM. Only the first attempt writes into dst's
-// spare room: a retry or a hedged attempt gets an array of its own, since
-// an attempt abandoned at its deadline may still write into the one it
-// had.
+// spare room: a retry or a hedged attempt gets an array of its own. When
+// the result does not share dst's array (an error, too little room, or
+// another attempt's answer won), the first attempt, abandoned or
+// cancelled, may still write into dst's spare room later: do not reuse
+// that array then.
 func (c *Cluster) AppendEncryptGCM(ctx context.Context, dst []byte, id hsm.KeyID, iv, plaintext, aad []byte) (out, ivUsed []byte, err error) {
 	var lent atomic.Bool
 	// A caller's IV must never be used twice under one key, so a call

@@ -523,11 +523,15 @@ func (t *Token) staged(s *session, create func(onToken bool) (priv, pub pkcs11.O
 			return 0, 0, err
 		}
 	}
+	// The public half first: if the private copy then fails and cannot
+	// be destroyed, what is left on the token holds no secret.
 	onToken := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
-	priv, err = t.mod.ctx.CopyObject(s.h, sPriv, onToken)
-	if err == nil && sPub != 0 {
-		if pub, err = t.mod.ctx.CopyObject(s.h, sPub, onToken); err != nil {
-			destroy(priv)
+	if sPub != 0 {
+		pub, err = t.mod.ctx.CopyObject(s.h, sPub, onToken)
+	}
+	if err == nil {
+		if priv, err = t.mod.ctx.CopyObject(s.h, sPriv, onToken); err != nil {
+			destroy(pub)
 		}
 	}
 	if c, ok := asCKR(err); ok && copyRefused(c) {

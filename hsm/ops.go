@@ -38,9 +38,10 @@ func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []b
 // included) to dst and returns the extended slice, as cipher.AEAD's Seal
 // does: with room enough in dst, the token writes the ciphertext there and
 // nothing is allocated or copied for it. Use only the returned slice. When
-// the call returns an error, an abandoned call (see Concurrency in the
-// package documentation) may still write into dst's spare capacity later:
-// do not reuse that array then.
+// it does not share dst's array (an error, or too little room), a call
+// abandoned at its deadline (see Concurrency in the package
+// documentation) may still write into dst's spare capacity later: do not
+// reuse that array then.
 func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, plaintext, aad []byte) (out, ivUsed []byte, err error) {
 	profile := t.profile()
 	switch {
@@ -101,12 +102,23 @@ func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, 
 // len(out) bytes of ciphertext into out.
 func (t *Token) encryptInto(s *session, plaintext, out []byte) error {
 	var got int
+	done := false
 	if t.mod.encrypt.fn != nil {
 		var err error
-		if got, err = t.mod.encrypt.encrypt(s.h, plaintext, out); err != nil {
+		got, err = t.mod.encrypt.encrypt(s.h, plaintext, out)
+		c, ok := asCKR(err)
+		switch {
+		case err == nil:
+			done = true
+		case ok && c == CKR(pkcs11.CKR_BUFFER_TOO_SMALL):
+			// The module wants more room than GCM's output needs; the
+			// operation is still active, and miekg/pkcs11 asks for the
+			// length first.
+		default:
 			return err
 		}
-	} else {
+	}
+	if !done {
 		ct, err := t.mod.ctx.Encrypt(s.h, plaintext)
 		if err != nil {
 			return err

@@ -12,6 +12,10 @@ import (
 // signatures of *hsm.Token's, so one token serves as a Backend, and so
 // does a cluster of tokens, which exposes the same methods.
 //
+// AppendEncryptGCM appends the ciphertext to dst as cipher.AEAD's Seal
+// does; when its result does not share dst's array, dst's spare room may
+// still be written by an abandoned call, and the adapter never reuses it.
+//
 // Keys the adapter creates are extractable only under a trusted wrapping
 // key (hsm.KeyOptions.Extractable), so that a cluster can copy them
 // between members; the adapter itself never wraps a key.
