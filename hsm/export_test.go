@@ -1,5 +1,11 @@
 package hsm
 
+import (
+	"context"
+
+	"github.com/miekg/pkcs11"
+)
+
 // Test hooks into the token's internals.
 
 // Finds returns how many C_FindObjects searches the token has run.
@@ -24,4 +30,23 @@ func DirectEncrypt(t *Token, off bool) (on bool, restore func()) {
 		t.mod.encrypt = directEncrypt{}
 	}
 	return saved.fn != nil, func() { t.mod.encrypt = saved }
+}
+
+// EncryptIntoRoom starts an AES-GCM encryption under key id and finishes
+// it through encryptInto with an output buffer of room bytes, then
+// encrypts again normally on whatever session the pool gives: it shows
+// what a module asking for more room than given leads to, and that the
+// session is left usable.
+func EncryptIntoRoom(ctx context.Context, t *Token, id KeyID, plaintext []byte, room int) (first, second error) {
+	iv := make([]byte, GCMIVSize)
+	first = t.withKey(ctx, OpEncrypt, id, func(s *session, e *keyEntry) error {
+		params := pkcs11.NewGCMParams(iv, nil, GCMTagSize*8)
+		defer params.Free()
+		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_AES_GCM, params), e.priv); err != nil {
+			return err
+		}
+		return t.encryptInto(s, plaintext, make([]byte, room))
+	})
+	_, _, second = t.EncryptGCM(ctx, id, nil, plaintext, nil)
+	return first, second
 }

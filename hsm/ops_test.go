@@ -198,6 +198,17 @@ func TestAppendEncryptGCM(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, out[len(prefix):], ct)
 
+	// A module that wants more room than it is given (SoftHSM, asked to
+	// fit 16 bytes of tag into none): the direct call answers
+	// CKR_BUFFER_TOO_SMALL, the operation is finished through
+	// miekg/pkcs11, the length mismatch is the caller-class
+	// ErrUnsupported, the token stays healthy and the next call works.
+	first, second := hsm.EncryptIntoRoom(ctx, tok, "app", msg, len(msg))
+	assert.ErrorIs(t, first, hsm.ErrUnsupported)
+	assert.ErrorContains(t, first, fmt.Sprintf("gave %d bytes", len(msg)+hsm.GCMTagSize), "miekg/pkcs11 should have finished the operation")
+	assert.NoError(t, second)
+	assert.True(t, tok.Health().Healthy)
+
 	// Bad input appends nothing and says why.
 	_, _, err = tok.AppendEncryptGCM(ctx, dst, "app", iv, nil, nil)
 	assert.ErrorIs(t, err, hsm.ErrInvalidInput)
