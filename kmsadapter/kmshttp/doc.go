@@ -57,7 +57,10 @@
 // stored policy always means what it says. Decrypt and ReEncrypt without
 // a KeyId are authorized on the key named in the ciphertext, and the key
 // that actually served the call is checked again before the answer leaves.
-// Grants and the policy lockout safety check are not implemented.
+// CreateKey and PutKeyPolicy make AWS's policy lockout safety check: a
+// policy that would not let the caller call PutKeyPolicy on the key
+// afterwards is refused with MalformedPolicyDocumentException unless the
+// request sets BypassPolicyLockoutSafetyCheck. Grants are not implemented.
 //
 // # In process
 //

@@ -222,6 +222,9 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 			return nil, e
 		}
 	}
+	if e := h.lockoutCheck(ctx, p, in); e != nil {
+		return nil, e
+	}
 	out, err := spec.call(ctx, h.api, in)
 	if err != nil {
 		return nil, toError(err)
@@ -314,6 +317,54 @@ func validatePolicyInput(in any) *Error {
 		return newErr(http.StatusBadRequest, "MalformedPolicyDocumentException", "%v", err)
 	}
 	return nil
+}
+
+// lockoutCheck is AWS's policy lockout safety check: unless the caller
+// sets BypassPolicyLockoutSafetyCheck, CreateKey and PutKeyPolicy refuse
+// a key policy that would not let the caller itself call PutKeyPolicy on
+// the key afterwards, so that nobody locks a key out of reach by mistake.
+// A new key's ARN is unknown until it exists, so for CreateKey every
+// statement's Resource is taken to name it.
+func (h *Handler) lockoutCheck(ctx context.Context, p *Principal, in any) *Error {
+	var doc *string
+	req := request{principal: p, action: "kms:PutKeyPolicy"}
+	switch v := in.(type) {
+	case *kms.CreateKeyInput:
+		if v.BypassPolicyLockoutSafetyCheck || v.Policy == nil {
+			return nil
+		}
+		doc, req.anyResource = v.Policy, true
+	case *kms.PutKeyPolicyInput:
+		if v.BypassPolicyLockoutSafetyCheck || v.Policy == nil || v.KeyId == nil {
+			return nil
+		}
+		k, err := h.keys.lookup(ctx, *v.KeyId)
+		if err != nil {
+			return toError(err)
+		}
+		doc, req.resource = v.Policy, k.arn
+	default:
+		return nil
+	}
+	pol, err := ParsePolicy(*doc)
+	if err != nil {
+		return newErr(http.StatusBadRequest, "MalformedPolicyDocumentException", "%v", err)
+	}
+	req.keys = map[string][]string{
+		"kms:calleraccount":    {p.AccountID},
+		"aws:principalarn":     {p.ARN},
+		"aws:principalaccount": {p.AccountID},
+	}
+	switch pol.evaluate(&req) {
+	case allowed:
+		return nil
+	case allowedViaAccount:
+		if p.identityAllows(req.action) {
+			return nil
+		}
+	}
+	return newErr(http.StatusBadRequest, "MalformedPolicyDocumentException",
+		"The new key policy will not allow you to update the key policy in the future.")
 }
 
 // authorize decides one check for p: account-level actions by p's own

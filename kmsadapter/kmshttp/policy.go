@@ -270,9 +270,12 @@ func (p *Policy) hasConditions() bool {
 // request is what a policy is evaluated against.
 type request struct {
 	principal *Principal
-	action    string              // e.g. "kms:Encrypt"
-	resource  string              // the key ARN
-	keys      map[string][]string // condition keys (lower case) present in the request
+	action    string // e.g. "kms:Encrypt"
+	resource  string // the key ARN
+	// anyResource: every statement's Resource names the key (a key not
+	// created yet, whose ARN is unknown).
+	anyResource bool
+	keys        map[string][]string // condition keys (lower case) present in the request
 }
 
 // decision is the outcome of evaluating one key policy.
@@ -293,7 +296,7 @@ func (p *Policy) evaluate(req *request) decision {
 	for i := range p.Statements {
 		st := &p.Statements[i]
 		via, ok := st.matchPrincipal(req.principal)
-		if !ok || !st.matchAction(action) || !st.matchResource(req.resource) || !st.matchConditions(req) {
+		if !ok || !st.matchAction(action) || !(req.anyResource || st.matchResource(req.resource)) || !st.matchConditions(req) {
 			continue
 		}
 		if st.Deny {

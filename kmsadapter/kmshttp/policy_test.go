@@ -99,6 +99,46 @@ func TestPolicyPrincipalsActionsConditions(t *testing.T) {
 	require.Equal(t, "MalformedPolicyDocumentException", code(err), "%v", err)
 }
 
+// TestPolicyLockoutSafetyCheck: a policy that would keep its author from
+// changing it again is refused unless the request bypasses the check, and
+// a refused PutKeyPolicy leaves the policy as it was.
+func TestPolicyLockoutSafetyCheck(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	a := e.loopback(alice)
+	bobOnly := aws.String(`{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/bob"},"Action":"kms:*","Resource":"*"}]}`)
+	aliceDenied := aws.String(`{"Statement":[
+		{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kms:*","Resource":"*"},
+		{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:user/alice"},"Action":"kms:PutKeyPolicy","Resource":"*"}]}`)
+
+	_, err := a.CreateKey(bg, &kms.CreateKeyInput{Policy: bobOnly})
+	require.Equal(t, "MalformedPolicyDocumentException", code(err), "%v", err)
+	require.Contains(t, err.Error(), "will not allow you to update the key policy")
+	ck, err := a.CreateKey(bg, &kms.CreateKeyInput{Policy: bobOnly, BypassPolicyLockoutSafetyCheck: true})
+	require.NoError(t, err)
+	_, err = a.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: ck.KeyMetadata.KeyId})
+	require.Equal(t, kmshttp.CodeAccessDenied, code(err), "%v", err)
+
+	def, err := a.CreateKey(bg, &kms.CreateKeyInput{})
+	require.NoError(t, err)
+	before, err := a.GetKeyPolicy(bg, &kms.GetKeyPolicyInput{KeyId: def.KeyMetadata.KeyId})
+	require.NoError(t, err)
+	for _, pol := range []*string{bobOnly, aliceDenied} {
+		_, err = a.PutKeyPolicy(bg, &kms.PutKeyPolicyInput{KeyId: def.KeyMetadata.KeyId, Policy: pol})
+		require.Equal(t, "MalformedPolicyDocumentException", code(err), "%v", err)
+	}
+	after, err := a.GetKeyPolicy(bg, &kms.GetKeyPolicyInput{KeyId: def.KeyMetadata.KeyId})
+	require.NoError(t, err)
+	require.Equal(t, *before.Policy, *after.Policy)
+	// The account-wide default policy passes: alice's own permissions
+	// include kms:PutKeyPolicy.
+	_, err = a.PutKeyPolicy(bg, &kms.PutKeyPolicyInput{KeyId: def.KeyMetadata.KeyId, Policy: before.Policy})
+	require.NoError(t, err)
+	_, err = a.PutKeyPolicy(bg, &kms.PutKeyPolicyInput{KeyId: def.KeyMetadata.KeyId, Policy: aliceDenied, BypassPolicyLockoutSafetyCheck: true})
+	require.NoError(t, err)
+	_, err = a.PutKeyPolicy(bg, &kms.PutKeyPolicyInput{KeyId: def.KeyMetadata.KeyId, Policy: before.Policy})
+	require.Equal(t, kmshttp.CodeAccessDenied, code(err), "%v", err)
+}
+
 // Credential.Actions stands in for IAM: it limits account-level calls and
 // what an account-wide key policy grants.
 func TestIdentityActions(t *testing.T) {
