@@ -85,7 +85,10 @@ func (c *Cluster) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpe
 
 // UnwrapKey imports a wrapped key on one member that holds
 // req.WrappingKey, then copies it to the others as GenerateKey does. The
-// key is made extractable under the same terms as GenerateKey's.
+// key is made extractable under the same terms as GenerateKey's. A
+// private key imported without req.PublicKey (a PKCS#8 key under
+// RSAAESKeyWrap, as AWS KMS import takes it) gets its public key derived
+// on that member (see hsm.UnwrapRequest), and the pair is copied.
 func (c *Cluster) UnwrapKey(ctx context.Context, req hsm.UnwrapRequest) (hsm.KeyInfo, error) {
 	if err := errors.Join(req.ID.Validate(), req.Spec.Validate(), req.WrappingKey.Validate()); err != nil {
 		return hsm.KeyInfo{}, err

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 )
@@ -21,8 +22,9 @@ const (
 	// keys between members.
 	AESKeyWrapPad WrapMechanism = iota + 1
 	// RSAOAEP wraps a secret key with RSA-OAEP under an RSA public key (and
-	// unwraps with its private key): how key material is imported, and how
-	// a cluster's wrapping key reaches a joining member.
+	// unwraps with its private key, a secret key or a PKCS#8 private key
+	// small enough for one OAEP block): how key material is imported, and
+	// how a cluster's wrapping key reaches a joining member.
 	RSAOAEP
 	// RSAAESKeyWrap is CKM_RSA_AES_KEY_WRAP as AWS KMS import uses it: an
 	// ephemeral AES key wrapped with RSA-OAEP, followed by the key wrapped
@@ -103,7 +105,14 @@ type UnwrapRequest struct {
 	Options     KeyOptions
 	// PublicKey is the DER SubjectPublicKeyInfo of an asymmetric key; the
 	// token gets a public key object from it, checked against the private
-	// key before the pair is kept.
+	// key before the pair is kept. It is required with AESKeyWrapPad.
+	// Without it (RSAOAEP, RSAAESKeyWrap: a PKCS#8 private key, as AWS KMS
+	// import takes it) the public key is derived inside the token: an RSA
+	// key's from the private key object's modulus and public exponent; an
+	// EC key's recovered from an ECDSA signature the token makes, so the
+	// key must be allowed to sign (Options.Usage UsageSign), and keys on
+	// curves Go lacks (secp256k1) are ErrUnsupported. Material of another
+	// key type, size or curve than Spec is ErrInvalidInput.
 	PublicKey []byte
 	// SamePair says that PublicKey and Wrapped come from one key pair
 	// inside an HSM, as GenerateWrapped returns them, so the check that
@@ -122,11 +131,15 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 		err = fmt.Errorf("%w: wrapped key of %d bytes", ErrInvalidInput, len(req.Wrapped))
 	}
 	var pubAttrs []*pkcs11.Attribute
+	derive := false // the public key is derived from the unwrapped private key
 	if err == nil && req.Spec.Asymmetric() {
-		if req.Wrapping.Mechanism != AESKeyWrapPad {
-			err = fmt.Errorf("%w: private keys unwrap with AESKeyWrapPad only", ErrInvalidInput)
-		} else {
+		switch {
+		case len(req.PublicKey) > 0:
 			pubAttrs, err = publicKeyAttrs(req.PublicKey, req.Spec)
+		case req.Wrapping.Mechanism == AESKeyWrapPad:
+			err = fmt.Errorf("%w: a private key unwrapped with AESKeyWrapPad needs its PublicKey", ErrInvalidInput)
+		default:
+			derive = true
 		}
 	}
 	if err != nil {
@@ -149,7 +162,7 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 		privT = unwrapTemplate(privT)
 		pubT = append(unwrapTemplate(pubT), pubAttrs...)
 		var check func(priv, pub pkcs11.ObjectHandle) error
-		if req.Spec.Asymmetric() && !req.SamePair {
+		if req.Spec.Asymmetric() && !req.SamePair && !derive {
 			check = func(priv, pub pkcs11.ObjectHandle) error {
 				return t.checkPair(s, &keyEntry{info: info, priv: priv, pub: pub, hasPb: true})
 			}
@@ -159,7 +172,16 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 			if err != nil || !req.Spec.Asymmetric() {
 				return priv, 0, err
 			}
-			if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pubT, pkcs11.CKA_TOKEN, onToken)); err != nil {
+			pt := pubT
+			if derive {
+				attrs, err := t.derivePublic(s, priv, req.Spec)
+				if err != nil {
+					_ = t.mod.ctx.DestroyObject(s.h, priv)
+					return 0, 0, err
+				}
+				pt = append(slices.Clip(pubT), attrs...)
+			}
+			if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pt, pkcs11.CKA_TOKEN, onToken)); err != nil {
 				_ = t.mod.ctx.DestroyObject(s.h, priv)
 				return 0, 0, err
 			}
@@ -203,13 +225,10 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			return 0, err
 		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, req.Wrapped, tmpl)
-		return h, unwrapErr(err)
+		return h, unwrapErr(materialErr(req.Spec, err))
 	case RSAOAEP, RSAAESKeyWrap:
 		if wkType != pkcs11.CKK_RSA {
 			return 0, fmt.Errorf("%w: unwrapping key %s is not RSA", ErrWrongKeyType, req.WrappingKey)
-		}
-		if req.Spec.Asymmetric() {
-			return 0, fmt.Errorf("%w: RSA unwrapping takes secret keys only", ErrInvalidInput)
 		}
 		params, err := t.oaepParams(req.Wrapping.Hash)
 		if err != nil {
@@ -217,7 +236,7 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 		}
 		if req.Wrapping.Mechanism == RSAOAEP {
 			h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.priv, req.Wrapped, tmpl)
-			return h, unwrapErr(err)
+			return h, unwrapErr(materialErr(req.Spec, err))
 		}
 		n := (specs[wk.info.Spec].bits + 7) / 8
 		if len(req.Wrapped) <= n {
@@ -240,7 +259,7 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			return 0, err
 		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), eph, req.Wrapped[n:], tmpl)
-		return h, unwrapErr(err)
+		return h, unwrapErr(materialErr(req.Spec, err))
 	}
 	return 0, fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, req.Wrapping.Mechanism)
 }
@@ -259,6 +278,17 @@ func checkKWPLen(spec KeySpec, blob []byte) error {
 		return fmt.Errorf("%w: a wrapped %s key is %d bytes, got %d", ErrInvalidInput, spec, want, len(blob))
 	}
 	return nil
+}
+
+// materialErr makes CKR_FUNCTION_FAILED from the unwrap of a private key
+// ErrInvalidInput: the blob unwrapped, but what it holds is not a PKCS#8
+// private key of the template's key type (SoftHSM's answer to EC material
+// unwrapped as an RSA key).
+func materialErr(spec KeySpec, err error) error {
+	if c, ok := asCKR(err); ok && spec.Asymmetric() && c == CKR(pkcs11.CKR_FUNCTION_FAILED) {
+		return &Error{Code: c, Err: fmt.Errorf("%w: the unwrapped material is not a %s private key", ErrInvalidInput, spec)}
+	}
+	return err
 }
 
 // unwrapErr makes a blob that does not unwrap the vague ErrDecrypt. A
