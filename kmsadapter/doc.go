@@ -38,6 +38,31 @@
 // returns their private key in plaintext anyway) and their private key is
 // encrypted under the HSM key.
 //
+// # Importing key material
+//
+// Keys created with Origin EXTERNAL take imported material:
+// SYMMETRIC_DEFAULT and HMAC keys as raw bytes, RSA_2048/3072/4096 and
+// ECC_NIST_P256/P384/P521 keys as a DER PKCS#8 private key (AWS derives
+// the public key; so does the adapter). ECC_SECG_P256K1 keys cannot be
+// imported. GetParametersForImport makes an RSA wrapping key pair inside
+// the HSMs and applies AWS's rules: RSA private keys need
+// RSA_AES_KEY_WRAP_SHA_1 or _SHA_256; RSAES_OAEP_SHA_1 or _SHA_256 wraps
+// every other type of material, except ECC_NIST_P521 under an RSA_2048
+// wrapping key (ValidationException). ImportKeyMaterial unwraps the
+// material inside an HSM, never in this process, and a cluster copies it
+// to its other members. For a key pair the HSM checks the material against
+// the key spec (material of another type, size or curve is
+// IncorrectKeyMaterialException and is left on no HSM) and derives the
+// public key without reading secret material: an RSA key's from its
+// modulus and exponent, an EC key's recovered from two ECDSA signatures
+// the HSM makes. GetPublicKey then returns the SubjectPublicKeyInfo of
+// the original key. Material that was deleted (DeleteImportedKeyMaterial)
+// or expired comes back only as the same material, compared by a check
+// value (a symmetric key's encryption of a fixed block, an HMAC key's MAC,
+// a key pair's public key); other material is
+// IncorrectKeyMaterialException. An expiration (ValidTo) is accepted for
+// every key type, as AWS's API reference describes it.
+//
 // # Ciphertext format
 //
 // Encrypt, GenerateDataKey*, GenerateDataKeyPair* (the private key) and

@@ -54,6 +54,37 @@ func (c *Client) supportsOAEP(h crypto.Hash) bool {
 	return true
 }
 
+// importableSpec reports whether key material of spec can be imported:
+// symmetric and HMAC keys as raw bytes, RSA and NIST-curve EC keys as a
+// PKCS#8 private key whose public key the HSM derives. (secp256k1 is left
+// out: the HSM derives an EC public key with Go's help, and Go has no
+// secp256k1.)
+func importableSpec(spec types.KeySpec) bool {
+	switch {
+	case spec == types.KeySpecSymmetricDefault, isHMAC(spec), isRSA(spec):
+		return true
+	case spec == types.KeySpecEccNistP256, spec == types.KeySpecEccNistP384, spec == types.KeySpecEccNistP521:
+		return true
+	}
+	return false
+}
+
+// wrappingAllowed applies AWS KMS's rules on wrapping algorithms by the
+// key material's type: an RSA private key needs an RSA_AES_KEY_WRAP
+// algorithm (it does not fit one RSA-OAEP block), and ECC_NIST_P521
+// material does not fit RSAES_OAEP under an RSA_2048 wrapping key; every
+// other combination is allowed.
+func wrappingAllowed(spec types.KeySpec, alg types.AlgorithmSpec, wks types.WrappingKeySpec) error {
+	oaep := alg == types.AlgorithmSpecRsaesOaepSha1 || alg == types.AlgorithmSpecRsaesOaepSha256
+	switch {
+	case oaep && isRSA(spec):
+		return validation("%s key material (an RSA private key) must be wrapped with RSA_AES_KEY_WRAP_SHA_1 or RSA_AES_KEY_WRAP_SHA_256, not %s", spec, alg)
+	case oaep && spec == types.KeySpecEccNistP521 && wks == types.WrappingKeySpecRsa2048:
+		return validation("ECC_NIST_P521 key material cannot be wrapped with %s under an RSA_2048 wrapping key; use a larger wrapping key or an RSA_AES_KEY_WRAP algorithm", alg)
+	}
+	return nil
+}
+
 func (c *Client) importable(r *keyRecord) error {
 	if r.Origin != types.OriginTypeExternal {
 		return unsupported("%s was not created for imported key material (Origin EXTERNAL).", c.keyARN(r.ID))
@@ -97,6 +128,9 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 		var n int
 		_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
+				return err
+			}
+			if err := wrappingAllowed(r.Spec, in.WrappingAlgorithm, in.WrappingKeySpec); err != nil {
 				return err
 			}
 			r.ImportCount++
@@ -145,14 +179,19 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 // keyCheck computes a check value of an HSM key, so that two imports can
 // be compared without the material leaving the HSM: AES-GCM of 32 zero
 // bytes under a fixed IV (a fixed message under a fixed IV reveals
-// nothing), or an HMAC of a fixed message; then SHA-256 of that.
+// nothing), an HMAC of a fixed message, or a key pair's public key (DER
+// SubjectPublicKeyInfo, which determines the private key); then SHA-256
+// of that.
 func (c *Client) keyCheck(ctx context.Context, r *keyRecord, id hsm.KeyID) ([]byte, error) {
 	const label = "hsmkms key check value"
 	var out []byte
 	var err error
-	if r.Spec == types.KeySpecSymmetricDefault {
+	switch {
+	case keySpecs[r.Spec].hsm.Asymmetric():
+		out, err = c.backend.PublicKey(ctx, id)
+	case r.Spec == types.KeySpecSymmetricDefault:
 		out, _, err = c.backend.EncryptGCM(ctx, id, make([]byte, hsm.GCMIVSize), make([]byte, 32), []byte(label))
-	} else {
+	default:
 		out, err = c.backend.MAC(ctx, id, crypto.SHA256, []byte(label))
 	}
 	if err != nil {
@@ -163,9 +202,12 @@ func (c *Client) keyCheck(ctx context.Context, r *keyRecord, id hsm.KeyID) ([]by
 }
 
 // ImportKeyMaterial unwraps key material inside the HSMs under the
-// wrapping key of GetParametersForImport, and enables the key. Material
-// imported before (deleted or expired since) must be imported again
-// identically: IncorrectKeyMaterialException otherwise.
+// wrapping key of GetParametersForImport, and enables the key. The
+// material of an RSA or ECC key is a DER PKCS#8 private key of the key's
+// spec (IncorrectKeyMaterialException otherwise); its public key is
+// derived inside the HSM. Material imported before (deleted or expired
+// since) must be imported again identically: IncorrectKeyMaterialException
+// otherwise.
 func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMaterialInput, _ ...func(*kms.Options)) (*kms.ImportKeyMaterialOutput, error) {
 	out, err := func() (*kms.ImportKeyMaterialOutput, error) {
 		if in == nil {
@@ -230,6 +272,11 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 		if err != nil {
 			if errors.Is(err, hsm.ErrDecrypt) {
 				return nil, &apiErr{&types.InvalidCiphertextException{Message: msg("the wrapped key material could not be unwrapped with the import wrapping key")}, 400}
+			}
+			if spec.Asymmetric() && errors.Is(err, hsm.ErrInvalidInput) {
+				// The material unwrapped but is no PKCS#8 private key of
+				// the key's spec (another type, size or curve).
+				return nil, incorrectKeyMaterial("the key material is not a %s private key in PKCS#8 form", r.Spec)
 			}
 			return nil, backendErr(err, "importing key material")
 		}

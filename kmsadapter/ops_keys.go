@@ -148,8 +148,8 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		origin = types.OriginTypeAwsKms
 	case types.OriginTypeAwsKms:
 	case types.OriginTypeExternal:
-		if spec != types.KeySpecSymmetricDefault && !isHMAC(spec) {
-			return nil, unsupported("importing key material is supported for SYMMETRIC_DEFAULT and HMAC keys only")
+		if !importableSpec(spec) {
+			return nil, unsupported("importing key material is supported for SYMMETRIC_DEFAULT, HMAC, RSA and ECC_NIST keys, not for %s", spec)
 		}
 	case types.OriginTypeAwsCloudhsm, types.OriginTypeExternalKeyStore:
 		return nil, unsupported("origin %s is not supported; every key lives on the HSM cluster", origin)

@@ -552,8 +552,8 @@ func operationTable(t *testing.T, e *env) {
 			_, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm})
 			return err
 		}},
-		{"CreateKey/external RSA", Unsupported, func() error {
-			_, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecRsa2048, KeyUsage: SignV})
+		{"CreateKey/external secp256k1", Unsupported, func() error {
+			_, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecEccSecgP256k1, KeyUsage: SignV})
 			return err
 		}},
 		{"CreateKey/malformed policy", Policy, func() error { _, err := c.CreateKey(bg, &kms.CreateKeyInput{Policy: str("{not json")}); return err }},
