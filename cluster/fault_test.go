@@ -453,6 +453,40 @@ func TestWipedMemberJoinsAndResyncs(t *testing.T) {
 	}
 }
 
+// TestJoinUnderLoad replaces a member (wipe, then the join ceremony) while
+// 8 goroutines keep calling: no call fails, and the new member serves
+// once re-synced.
+func TestJoinUnderLoad(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	l := startLoad(t, e.c, 8)
+	l.waitCalls(1000)
+	if err := e.sh.Members[1].Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	e.check()
+	if st := e.c.Members()[1]; st.State != Down {
+		t.Fatalf("wiped member is %v, want down until it joins", st.State)
+	}
+	l.waitCalls(1000)
+	if err := e.c.Join(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	e.requireStates(Healthy, Healthy, Healthy)
+	for _, id := range []string{"load-aes", "load-ec", "load-hmac"} {
+		if !slices.Contains(e.tokenKeys(1), id) {
+			t.Fatalf("joined member lacks %s", id)
+		}
+	}
+	before := e.served()
+	l.waitCalls(3000)
+	after := e.served()
+	l.finish(t)
+	if after[1]-before[1] < 300 {
+		t.Fatalf("joined member served %d of 3000 calls, want a fair share", after[1]-before[1])
+	}
+}
+
 func TestQuorumImpossibleLeavesNoCopy(t *testing.T) {
 	e := newEnv(t, 3, func(c *Config) { c.WriteQuorum = 2 })
 	ctx := context.Background()
