@@ -23,6 +23,7 @@ type Cluster struct {
 	log     *slog.Logger
 	clock   Clock
 	events  chan<- Event
+	evq     eventQueue
 	catalog Catalog
 	members []*member
 	byName  map[string]*member
@@ -87,6 +88,7 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 		c.byName[mc.Name] = m
 	}
 	c.metrics = newMetrics(c)
+	c.startEvents()
 	var wg sync.WaitGroup
 	for _, m := range c.members {
 		wg.Go(func() { c.recover(ctx, m, false) })

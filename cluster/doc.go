@@ -42,8 +42,9 @@
 // re-synced, and only then Healthy: it takes no traffic in between.
 //
 // Every state change is sent as an Event to the channel given with
-// WithEvents, after every lock is released, and never blocks: an event
-// that finds the channel full is dropped and counted. Collector returns
+// WithEvents, in order, by one goroutine of the cluster's that holds no
+// lock (a change made under a lock is only queued), and never blocks: an
+// event that finds the channel full is dropped and counted. Collector returns
 // the Prometheus metrics for the caller to register.
 //
 // # Routing

@@ -199,6 +199,7 @@ func TestHungMemberCallsSucceedElsewhere(t *testing.T) {
 	}
 	// The down event was published.
 	var sawDown bool
+	e.c.flushEvents()
 	for len(e.events) > 0 {
 		ev := <-e.events
 		if ev.Member == "m2" && ev.To == Down {
@@ -683,6 +684,7 @@ func TestStandbyServesOnlyWhenActivesAreDown(t *testing.T) {
 
 func TestProbesOnTheClockDriveState(t *testing.T) {
 	e := newEnv(t, 2, nil)
+	e.c.flushEvents()
 	for len(e.events) > 0 {
 		<-e.events
 	}

@@ -158,6 +158,7 @@ func newEnv(t testing.TB, n int, mut func(*Config)) *env {
 	})
 	e.c = c
 	e.requireStates(Healthy, Healthy, Healthy, Healthy, Healthy)
+	c.flushEvents()
 	for len(e.events) > 0 {
 		<-e.events // the start's
 	}

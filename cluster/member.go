@@ -267,7 +267,8 @@ func (c *Cluster) newBreaker(m *member) *breaker {
 }
 
 // setState moves m to state to and publishes the change. The event is
-// sent after the lock is released, and never blocks.
+// queued after m's lock is released and sent by the event goroutine,
+// which holds no lock (events.go); it never blocks.
 func (c *Cluster) setState(m *member, to State, reason string, err error) {
 	m.mu.Lock()
 	from := m.state
@@ -305,13 +306,8 @@ func (c *Cluster) publish(e Event) {
 		lvl = slog.LevelWarn
 	}
 	c.log.Log(context.Background(), lvl, "cluster: member state", "member", e.Member, "from", e.From, "to", e.To, "reason", e.Reason, "err", e.Err)
-	if c.events == nil {
-		return
-	}
-	select {
-	case c.events <- e:
-	default:
-		c.metrics.eventsDropped.Inc()
+	if c.events != nil {
+		c.queueEvent(e)
 	}
 }
 

@@ -103,6 +103,7 @@ func TestAutoJoinAfterWipe(t *testing.T) {
 		t.Fatalf("m0 holds %v after auto-join", got)
 	}
 	var sawJoin bool
+	e.c.flushEvents()
 	for len(e.events) > 0 {
 		ev := <-e.events
 		if ev.Member == "m0" && ev.To == Down && strings.Contains(ev.Reason, "replaced") {
