@@ -215,7 +215,6 @@ func randomMaterialID() string {
 // in.
 type hotEntry struct {
 	val     any
-	raw     []byte // the sealed record val was verified from
 	gen     uint64
 	expires time.Time
 }
@@ -226,27 +225,24 @@ func (c *Client) update(ctx context.Context, fn func(Tx) error) error {
 	return c.store.Update(ctx, fn)
 }
 
-// hotGet returns the entry of k when it may be served (fresh is true)
-// or, expired or from an older store generation, compared with the store
-// (fresh is false); nil when there is none.
-func (c *Client) hotGet(m map[string]*hotEntry, k string) (e *hotEntry, fresh bool) {
+func (c *Client) hotGet(m map[string]*hotEntry, k string) any {
 	if c.cfg.MetadataCacheTTL <= 0 {
-		return nil, false
+		return nil
 	}
 	c.hotMu.RLock()
-	e = m[k]
+	e := m[k]
 	c.hotMu.RUnlock()
-	if e == nil {
-		return nil, false
+	if e == nil || e.gen != c.hotGen.Load() || !time.Now().Before(e.expires) {
+		return nil
 	}
-	return e, e.gen == c.hotGen.Load() && time.Now().Before(e.expires)
+	return e.val
 }
 
-func (c *Client) hotPut(m map[string]*hotEntry, k string, gen uint64, val any, raw []byte) {
+func (c *Client) hotPut(m map[string]*hotEntry, k string, gen uint64, val any) {
 	if c.cfg.MetadataCacheTTL <= 0 {
 		return
 	}
-	e := &hotEntry{val: val, raw: raw, gen: gen, expires: time.Now().Add(c.cfg.MetadataCacheTTL)}
+	e := &hotEntry{val: val, gen: gen, expires: time.Now().Add(c.cfg.MetadataCacheTTL)}
 	c.hotMu.Lock()
 	if len(m) > 2*c.cfg.MaxKeys { // bound memory: drop everything, refill on demand
 		clear(m)
@@ -274,8 +270,7 @@ func (c *Client) getKey(ctx context.Context, id string) (*keyRecord, error) {
 // there, else from the store, verified; check rejects a record that
 // verified but may not be served. A missing record is missing().
 func loadRecord[T any](ctx context.Context, c *Client, hot map[string]*hotEntry, bucket, name string, missing func() error, check func(*T) error) (*T, error) {
-	e, fresh := c.hotGet(hot, name)
-	if r, ok := e.value().(*T); ok && fresh {
+	if r, ok := c.hotGet(hot, name).(*T); ok {
 		return r, nil
 	}
 	gen := c.hotGen.Load()
@@ -291,11 +286,6 @@ func loadRecord[T any](ctx context.Context, c *Client, hot map[string]*hotEntry,
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	if r, ok := e.value().(*T); ok && bytes.Equal(raw, e.raw) {
-		// The very bytes verified before: no need to ask the HSM again.
-		c.hotPut(hot, name, gen, r, e.raw)
-		return r, nil
-	}
 	r, err := open[T](ctx, c, bucket, name, raw)
 	if err != nil {
 		return nil, err
@@ -305,15 +295,8 @@ func loadRecord[T any](ctx context.Context, c *Client, hot map[string]*hotEntry,
 			return nil, err
 		}
 	}
-	c.hotPut(hot, name, gen, r, raw)
+	c.hotPut(hot, name, gen, r)
 	return r, nil
-}
-
-func (e *hotEntry) value() any {
-	if e == nil {
-		return nil
-	}
-	return e.val
 }
 
 func storeErr(err error) error {
