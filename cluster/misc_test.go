@@ -80,12 +80,14 @@ func TestUnwrapKeyImportsAndReplicates(t *testing.T) {
 func TestEventsNeverBlockAndMetricsCount(t *testing.T) {
 	e := newEnv(t, 2, nil)
 	ctx := context.Background()
-	full := make(chan Event) // nobody reads it
-	e.c.events = full
+	for len(e.events) < cap(e.events) {
+		e.events <- Event{} // a full channel nobody reads
+	}
 	if err := e.sh.Members[0].Crash(); err != nil {
 		t.Fatal(err)
 	}
 	e.check() // would hang if a send blocked
+	e.c.flushEvents()
 	if got := testutil.ToFloat64(e.c.metrics.eventsDropped); got < 1 {
 		t.Fatalf("dropped events %v, want at least 1", got)
 	}
