@@ -4,51 +4,19 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/aes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"slices"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
 )
-
-// kwpWrap is AES key wrap with padding (RFC 5649), for this test.
-func kwpWrap(t *testing.T, kek, pt []byte) []byte {
-	block, err := aes.NewCipher(kek)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var a [8]byte
-	binary.BigEndian.PutUint32(a[:4], 0xA65959A6)
-	binary.BigEndian.PutUint32(a[4:], uint32(len(pt)))
-	padded := make([]byte, (len(pt)+7)/8*8)
-	copy(padded, pt)
-	n := len(padded) / 8
-	if n == 1 {
-		out := make([]byte, 16)
-		block.Encrypt(out, append(a[:], padded...))
-		return out
-	}
-	var b [16]byte
-	for j := 0; j < 6; j++ {
-		for i := 0; i < n; i++ {
-			copy(b[:8], a[:])
-			copy(b[8:], padded[i*8:(i+1)*8])
-			block.Encrypt(b[:], b[:])
-			binary.BigEndian.PutUint64(a[:], binary.BigEndian.Uint64(b[:8])^uint64(n*j+i+1))
-			copy(padded[i*8:], b[8:])
-		}
-	}
-	return append(a[:], padded...)
-}
 
 // TestUnwrapPrivateKeyReplicates: a PKCS#8 private key imported with
 // RSA_AES_KEY_WRAP, without its public key, is unwrapped on one member,
@@ -74,13 +42,11 @@ func TestUnwrapPrivateKeyReplicates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		eph := make([]byte, 32)
-		_, _ = rand.Read(eph)
-		we, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pk.(*rsa.PublicKey), eph, nil)
+		out, err := softhsmtest.RSAAESKeyWrap(pk.(*rsa.PublicKey), p8)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return append(we, kwpWrap(t, eph, p8)...)
+		return out
 	}
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

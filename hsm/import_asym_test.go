@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
 	"github.com/stretchr/testify/require"
 )
 
@@ -21,12 +22,9 @@ import (
 // key wrap with padding.
 func rsaAESWrap(t *testing.T, pub *rsa.PublicKey, material []byte) []byte {
 	t.Helper()
-	eph := make([]byte, 32)
-	_, err := rand.Read(eph)
+	out, err := softhsmtest.RSAAESKeyWrap(pub, material)
 	require.NoError(t, err)
-	wrappedEph, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub, eph, nil)
-	require.NoError(t, err)
-	return append(wrappedEph, kwpWrap(t, eph, material)...)
+	return out
 }
 
 // TestUnwrapPrivateKey: a PKCS#8 private key imported without its public

@@ -12,10 +12,10 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -198,7 +198,7 @@ func TestImportKeyMaterial(t *testing.T) {
 	require.NoError(t, err)
 	wrappedEph, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, rpk, eph, nil)
 	require.NoError(t, err)
-	kwpBlob := append(wrappedEph, kwpWrap(t, eph, material)...)
+	kwpBlob := append(wrappedEph, mustKWP(t, eph, material)...)
 
 	for name, c := range map[string]struct {
 		w    hsm.Wrapping
@@ -236,7 +236,7 @@ func TestImportKeyMaterial(t *testing.T) {
 	short := make([]byte, 16)
 	_, err = rand.Read(short)
 	require.NoError(t, err)
-	shortBlob := append(bytes.Clone(wrappedEph), kwpWrap(t, eph, short)...)
+	shortBlob := append(bytes.Clone(wrappedEph), mustKWP(t, eph, short)...)
 	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}, Wrapped: shortBlob, ID: "short", Spec: hsm.AES256})
 	require.ErrorIs(t, err, hsm.ErrInvalidInput)
 	_, err = tok.Describe(ctx, "short")
@@ -247,44 +247,6 @@ func TestImportKeyMaterial(t *testing.T) {
 	// SHA-256 OAEP is not available on SoftHSM 2.6: a clear error.
 	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA256}, Wrapped: oaepBlob, ID: "x", Spec: hsm.AES256})
 	require.ErrorIs(t, err, hsm.ErrUnsupported)
-}
-
-// kwpWrap is AES key wrap with padding (RFC 5649), written from the RFC
-// for this test.
-func kwpWrap(t *testing.T, kek, plaintext []byte) []byte {
-	block, err := aes.NewCipher(kek)
-	require.NoError(t, err)
-	var aiv [8]byte
-	binary.BigEndian.PutUint32(aiv[:4], 0xA65959A6)
-	binary.BigEndian.PutUint32(aiv[4:], uint32(len(plaintext)))
-	padded := append(append([]byte(nil), plaintext...), make([]byte, (8-len(plaintext)%8)%8)...)
-	n := len(padded) / 8
-	if n == 1 {
-		out := make([]byte, 16)
-		block.Encrypt(out, append(aiv[:], padded...))
-		return out
-	}
-	a := aiv
-	r := make([][]byte, n)
-	for i := range r {
-		r[i] = append([]byte(nil), padded[i*8:(i+1)*8]...)
-	}
-	buf := make([]byte, 16)
-	for j := 0; j < 6; j++ {
-		for i := 0; i < n; i++ {
-			copy(buf, a[:])
-			copy(buf[8:], r[i])
-			block.Encrypt(buf, buf)
-			tt := uint64(n*j + i + 1)
-			binary.BigEndian.PutUint64(a[:], binary.BigEndian.Uint64(buf[:8])^tt)
-			copy(r[i], buf[8:])
-		}
-	}
-	out := append([]byte(nil), a[:]...)
-	for _, b := range r {
-		out = append(out, b...)
-	}
-	return out
 }
 
 // TestGenerateWrapped: a key generated as a session object and wrapped
@@ -332,4 +294,12 @@ func TestGenerateWrapped(t *testing.T) {
 	// An untrusted wrapping key is refused.
 	_, _, err = tok.GenerateWrapped(ctx, "plain-kek", hsm.AES256, hsm.KeyOptions{})
 	require.ErrorIs(t, err, hsm.ErrWrongKeyType)
+}
+
+// mustKWP is softhsmtest.KeyWrapPad for a test.
+func mustKWP(t *testing.T, kek, plaintext []byte) []byte {
+	t.Helper()
+	out, err := softhsmtest.KeyWrapPad(kek, plaintext)
+	require.NoError(t, err)
+	return out
 }

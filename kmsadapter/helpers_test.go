@@ -2,7 +2,6 @@ package kmsadapter_test
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"os"
 	"runtime"
@@ -133,16 +132,6 @@ func editBolt(t testing.TB, path, bucket, key string, fn func([]byte) []byte) {
 		return b.Put([]byte(key), fn(append([]byte(nil), v...)))
 	}))
 }
-
-func mustHex(s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
-func hexOf(b []byte) string { return hex.EncodeToString(b) }
 
 func gomaxprocs() int { return runtime.GOMAXPROCS(0) }
 
