@@ -207,7 +207,8 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 	if m := missingRequired(in, spec.required); m != "" {
 		return nil, validationErr("1 validation error detected: Value null at '%s' failed to satisfy constraint: Member must not be null", lowerFirst(m))
 	}
-	if e := validatePolicyInput(in); e != nil {
+	policy, e := validatePolicyInput(in)
+	if e != nil {
 		return nil, e
 	}
 	ctx := r.Context()
@@ -222,7 +223,7 @@ func (h *Handler) serve(r *http.Request, opName *string) (*bytes.Buffer, *Error)
 			return nil, e
 		}
 	}
-	if e := h.lockoutCheck(ctx, p, in); e != nil {
+	if e := h.lockoutCheck(ctx, p, in, policy); e != nil {
 		return nil, e
 	}
 	out, err := spec.call(ctx, h.api, in)
@@ -301,8 +302,9 @@ func (h *Handler) readBody(r *http.Request) (*bytes.Buffer, *Error) {
 }
 
 // validatePolicyInput refuses a key policy this server could not enforce
-// faithfully, before it is stored.
-func validatePolicyInput(in any) *Error {
+// faithfully, before it is stored, and returns it parsed (nil when the
+// request carries none).
+func validatePolicyInput(in any) (*Policy, *Error) {
 	var doc *string
 	switch v := in.(type) {
 	case *kms.CreateKeyInput:
@@ -311,44 +313,43 @@ func validatePolicyInput(in any) *Error {
 		doc = v.Policy
 	}
 	if doc == nil {
-		return nil
+		return nil, nil
 	}
-	if _, err := ParsePolicy(*doc); err != nil {
-		return newErr(http.StatusBadRequest, "MalformedPolicyDocumentException", "%v", err)
+	pol, err := ParsePolicy(*doc)
+	if err != nil {
+		return nil, newErr(http.StatusBadRequest, "MalformedPolicyDocumentException", "%v", err)
 	}
-	return nil
+	return pol, nil
 }
 
 // lockoutCheck is AWS's policy lockout safety check: unless the caller
 // sets BypassPolicyLockoutSafetyCheck, CreateKey and PutKeyPolicy refuse
-// a key policy that would not let the caller itself call PutKeyPolicy on
-// the key afterwards, so that nobody locks a key out of reach by mistake.
-// A new key's ARN is unknown until it exists, so for CreateKey every
-// statement's Resource is taken to name it.
-func (h *Handler) lockoutCheck(ctx context.Context, p *Principal, in any) *Error {
-	var doc *string
+// pol, the request's key policy, when it would not let the caller itself
+// call PutKeyPolicy on the key afterwards, so that nobody locks a key out
+// of reach by mistake. A new key's ARN is unknown until it exists, so for
+// CreateKey every statement's Resource is taken to name it.
+func (h *Handler) lockoutCheck(ctx context.Context, p *Principal, in any, pol *Policy) *Error {
+	if pol == nil {
+		return nil
+	}
 	req := request{principal: p, action: "kms:PutKeyPolicy"}
 	switch v := in.(type) {
 	case *kms.CreateKeyInput:
-		if v.BypassPolicyLockoutSafetyCheck || v.Policy == nil {
+		if v.BypassPolicyLockoutSafetyCheck {
 			return nil
 		}
-		doc, req.anyResource = v.Policy, true
+		req.anyResource = true
 	case *kms.PutKeyPolicyInput:
-		if v.BypassPolicyLockoutSafetyCheck || v.Policy == nil || v.KeyId == nil {
+		if v.BypassPolicyLockoutSafetyCheck {
 			return nil
 		}
 		k, err := h.keys.lookup(ctx, *v.KeyId)
 		if err != nil {
 			return toError(err)
 		}
-		doc, req.resource = v.Policy, k.arn
+		req.resource = k.arn
 	default:
 		return nil
-	}
-	pol, err := ParsePolicy(*doc)
-	if err != nil {
-		return newErr(http.StatusBadRequest, "MalformedPolicyDocumentException", "%v", err)
 	}
 	req.keys = map[string][]string{
 		"kms:calleraccount":    {p.AccountID},
