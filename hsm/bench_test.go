@@ -203,25 +203,7 @@ func BenchmarkVsDirect(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				var td, th time.Duration
-				for i := range b.N {
-					first, second := direct, viaHSM
-					if i%2 == 1 {
-						first, second = second, first
-					}
-					d1, err := runBurst(g, burst, first)
-					if err != nil {
-						b.Fatal(err)
-					}
-					d2, err := runBurst(g, burst, second)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if i%2 == 1 {
-						d1, d2 = d2, d1
-					}
-					td, th = td+d1, th+d2
-				}
+				td, th := alternate(b, g, burst, direct, viaHSM)
 				calls := float64(burst * b.N)
 				b.ReportMetric(float64(td.Nanoseconds())/calls, "direct-ns/op")
 				b.ReportMetric(float64(th.Nanoseconds())/calls, "hsm-ns/op")
@@ -230,6 +212,31 @@ func BenchmarkVsDirect(b *testing.B) {
 			})
 		}
 	}
+}
+
+// alternate runs b.N rounds of a burst of calls of x and one of y on g
+// goroutines, x first in even rounds and y first in odd ones, and returns
+// the total time each took.
+func alternate(b *testing.B, g, burst int, x, y func(int) error) (tx, ty time.Duration) {
+	for i := range b.N {
+		first, second := x, y
+		if i%2 == 1 {
+			first, second = second, first
+		}
+		d1, err := runBurst(g, burst, first)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d2, err := runBurst(g, burst, second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i%2 == 1 {
+			d1, d2 = d2, d1
+		}
+		tx, ty = tx+d1, ty+d2
+	}
+	return tx, ty
 }
 
 // runBurst makes n calls of fn and returns the time they took: on the
@@ -358,25 +365,7 @@ func BenchmarkManyKeys(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			var tr, tb time.Duration
-			for i := range b.N {
-				first, second := tc.run, tc.base
-				if i%2 == 1 {
-					first, second = second, first
-				}
-				d1, err := runBurst(1, burst, first)
-				if err != nil {
-					b.Fatal(err)
-				}
-				d2, err := runBurst(1, burst, second)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if i%2 == 1 {
-					d1, d2 = d2, d1
-				}
-				tr, tb = tr+d1, tb+d2
-			}
+			tr, tb := alternate(b, 1, burst, tc.run, tc.base)
 			calls := float64(burst * b.N)
 			b.ReportMetric(float64(tr.Nanoseconds())/calls, "case-ns/op")
 			b.ReportMetric(float64(tb.Nanoseconds())/calls, "10keys-ns/op")
