@@ -34,13 +34,7 @@ func rsaAESWrap(t *testing.T, pub *rsa.PublicKey, material []byte) []byte {
 func TestUnwrapPrivateKey(t *testing.T) {
 	ctx := context.Background()
 	tok := open(t, member(t), nil)
-	_, err := tok.GenerateKey(ctx, "import", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
-	require.NoError(t, err)
-	der, err := tok.PublicKey(ctx, "import")
-	require.NoError(t, err)
-	pk, err := x509.ParsePKIXPublicKey(der)
-	require.NoError(t, err)
-	wrapPub := pk.(*rsa.PublicKey)
+	wrapPub := importWrappingKey(t, tok)
 	rsaAES := hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}
 
 	rsa2048, err := rsa.GenerateKey(rand.Reader, 2048)

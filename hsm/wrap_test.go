@@ -176,16 +176,10 @@ func TestTransportKey(t *testing.T) {
 func TestImportKeyMaterial(t *testing.T) {
 	ctx := context.Background()
 	tok := open(t, member(t), nil)
-	_, err := tok.GenerateKey(ctx, "import", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
-	require.NoError(t, err)
-	der, err := tok.PublicKey(ctx, "import")
-	require.NoError(t, err)
-	pk, err := x509.ParsePKIXPublicKey(der)
-	require.NoError(t, err)
-	rpk := pk.(*rsa.PublicKey)
+	rpk := importWrappingKey(t, tok)
 
 	material := make([]byte, 32)
-	_, err = rand.Read(material)
+	_, err := rand.Read(material)
 	require.NoError(t, err)
 
 	// RSAES_OAEP_SHA_1.
@@ -302,4 +296,18 @@ func mustKWP(t *testing.T, kek, plaintext []byte) []byte {
 	out, err := softhsmtest.KeyWrapPad(kek, plaintext)
 	require.NoError(t, err)
 	return out
+}
+
+// importWrappingKey makes the RSA key "import" that key material is
+// wrapped under for import, and returns its public key.
+func importWrappingKey(t *testing.T, tok *hsm.Token) *rsa.PublicKey {
+	t.Helper()
+	ctx := context.Background()
+	_, err := tok.GenerateKey(ctx, "import", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	der, err := tok.PublicKey(ctx, "import")
+	require.NoError(t, err)
+	pk, err := x509.ParsePKIXPublicKey(der)
+	require.NoError(t, err)
+	return pk.(*rsa.PublicKey)
 }
