@@ -118,12 +118,14 @@ func (t *Token) ImportTrustedPublicKey(ctx context.Context, id KeyID, spec KeySp
 // soLogin and the user back in with userLogin; asSO makes sure the user is
 // logged in again whatever fn did.
 func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin, userLogin func() error) error) error {
-	t.closeMu.RLock()
+	if !t.closeMu.TryRLock() { // Close is under way
+		return t.wrap(OpMarkTrusted, ErrClosed)
+	}
 	defer t.closeMu.RUnlock()
 	if t.closed {
 		return t.wrap(OpMarkTrusted, ErrClosed)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, t.cfg.CallTimeout, ErrTimeout)
+	ctx, cancel := t.bound(ctx)
 	defer cancel()
 	n := cap(t.sem)
 	if err := t.acquire(ctx, n); err != nil {

@@ -28,6 +28,12 @@ type Config struct {
 	// CallTimeout bounds every PKCS#11 call when the caller's context has
 	// no earlier deadline. A call that passes it returns ErrTimeout; its
 	// session is never reused and the token reports itself unhealthy.
+	//
+	// NoCallTimeout sets no bound of our own. A call whose context can
+	// then neither expire nor be cancelled (context.Background) runs on
+	// the caller's goroutine, as a direct PKCS#11 call would, and waits
+	// for the module however long it takes; see the package documentation.
+	// Zero is invalid, so that a forgotten setting is caught.
 	CallTimeout time.Duration
 	// Profile describes vendor quirks. Nil means detect from the token's
 	// manufacturer and model.
@@ -39,6 +45,10 @@ const (
 	DefaultMaxSessions = 16
 	DefaultCallTimeout = 10 * time.Second
 )
+
+// NoCallTimeout, as Config.CallTimeout, bounds calls by the caller's
+// context alone.
+const NoCallTimeout time.Duration = -1
 
 // DefaultConfig returns a Config with the pool size and timeout set; the
 // caller fills in the module, the selector and the PIN.
@@ -61,8 +71,8 @@ func (c Config) Validate() error {
 	if c.MaxSessions < 1 {
 		errs = append(errs, fmt.Errorf("MaxSessions is %d, want at least 1", c.MaxSessions))
 	}
-	if c.CallTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("CallTimeout is %v, want more than 0", c.CallTimeout))
+	if c.CallTimeout == 0 || (c.CallTimeout < 0 && c.CallTimeout != NoCallTimeout) {
+		errs = append(errs, fmt.Errorf("CallTimeout is %v, want more than 0 or NoCallTimeout", c.CallTimeout))
 	}
 	if len(errs) == 0 {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,6 +215,91 @@ func TestHungCall(t *testing.T) {
 	assert.True(t, tok.Health().Healthy)
 	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
 	require.NoError(t, err)
+}
+
+// stackRecorder is an Interceptor that notes whether the test function
+// named in fn is on the stack each PKCS#11 call is made from, i.e. whether
+// the call runs on the caller's goroutine, and then passes the call on.
+type stackRecorder struct {
+	fn       string
+	next     hsm.Interceptor
+	onCaller atomic.Bool
+}
+
+func (r *stackRecorder) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+	buf := make([]byte, 64<<10)
+	r.onCaller.Store(bytes.Contains(buf[:runtime.Stack(buf, false)], []byte(r.fn)))
+	return r.next.Intercept(ctx, op, call)
+}
+
+// TestNoCallTimeout: with CallTimeout NoCallTimeout, a call that nothing
+// can end (context.Background) runs on the caller's goroutine and waits
+// for the module however long it takes, without counting against the
+// token; a call with a deadline or a cancellation still runs on a worker
+// and returns at its deadline. Close waits for a call in flight, while
+// calls made meanwhile return ErrClosed at once.
+func TestNoCallTimeout(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	for _, d := range []time.Duration{0, -2 * time.Second} {
+		cfg := m.Config()
+		cfg.CallTimeout = d
+		require.ErrorIs(t, cfg.Validate(), hsm.ErrInvalidInput, "CallTimeout %v", d)
+	}
+	cfg := m.Config()
+	cfg.CallTimeout = hsm.NoCallTimeout
+	require.NoError(t, cfg.Validate())
+	rec := &stackRecorder{fn: "hsm_test.TestNoCallTimeout(", next: m.Faults}
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(rec))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tok.Close() })
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+
+	ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	assert.True(t, rec.onCaller.Load(), "a call without deadline runs on the caller's goroutine")
+	cctx, cancel := context.WithCancel(ctx)
+	pt, err := tok.DecryptGCM(cctx, "aes", iv, ct, nil)
+	cancel()
+	require.NoError(t, err)
+	assert.Equal(t, []byte("x"), pt)
+	assert.False(t, rec.onCaller.Load(), "a cancellable call runs on a worker")
+
+	// A hung call without a deadline waits for the module.
+	m.Faults.Hang(hsm.OpRandom)
+	returned := make(chan error, 1)
+	go func() { _, err := tok.Random(ctx, 8); returned <- err }()
+	require.NoError(t, m.Faults.AwaitHung(ctx, 1))
+	assert.True(t, tok.Health().Healthy, "waiting without a deadline says nothing about the token")
+
+	// One with a deadline returns at it, and the token reports itself
+	// unhealthy.
+	dctx, dcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = tok.Random(dctx, 8)
+	dcancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.False(t, tok.Health().Healthy)
+
+	closed := make(chan error, 1)
+	go func() { closed <- tok.Close() }()
+	require.Eventually(t, func() bool {
+		_, _, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil) // succeeds until Close waits, then ErrClosed
+		if err != nil {
+			require.ErrorIs(t, err, hsm.ErrClosed)
+		}
+		return err != nil
+	}, 10*time.Second, time.Millisecond)
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a call was in flight", err)
+	case err := <-returned:
+		t.Fatalf("the hung call returned (%v) before it was released", err)
+	default:
+	}
+	m.Faults.Release()
+	require.NoError(t, <-returned)
+	require.NoError(t, <-closed)
 }
 
 // TestSessionFatalCodes: a session-fatal code evicts the session, starts a

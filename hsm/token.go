@@ -25,6 +25,9 @@ type Token struct {
 
 	// closeMu is held for reading by every public call and for writing by
 	// Close, so Close waits for in-flight calls to return.
+	// Calls take it with TryRLock: once Close waits for it, new calls
+	// return ErrClosed at once instead of queueing behind Close, which a
+	// call without a deadline may keep waiting indefinitely.
 	closeMu sync.RWMutex
 	closed  bool
 
@@ -49,6 +52,7 @@ type Token struct {
 	oldBorrowed   int           // borrowed sessions of older generations
 	drained       chan struct{} // closed when oldBorrowed reaches 0
 	healthy       bool
+	healthyHint   atomic.Bool // healthy, readable without mu: the fast path of setHealth
 	lastErr       error
 
 	info  atomic.Pointer[TokenInfo] // replaced whole on (re)connect; read without locks
@@ -140,6 +144,7 @@ func (t *Token) connect(ctx context.Context) error {
 	}
 	t.mu.Lock()
 	t.slot, t.mech, t.healthy = slot, m, true
+	t.healthyHint.Store(true)
 	t.info.Store(&info)
 	t.mu.Unlock()
 	return nil
@@ -278,8 +283,15 @@ func (t *Token) intercept(ctx context.Context, op Op, call func() error) error {
 // nil (the worker finished), never on an error, or it races the worker. It
 // retries once on a fresh session when the session turned out dead or
 // logged out.
+//
+// A call that nothing can end before the module answers (no deadline, no
+// cancellation: context.Background with NoCallTimeout) runs on the
+// caller's goroutine instead: it would wait for the module either way,
+// and handing it to another goroutine costs a thread wake-up per call.
 func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {
-	t.closeMu.RLock()
+	if !t.closeMu.TryRLock() { // fails only while Close holds or waits for it
+		return t.wrap(op, ErrClosed)
+	}
 	defer t.closeMu.RUnlock()
 	if t.closed {
 		return t.wrap(op, ErrClosed)
@@ -287,12 +299,25 @@ func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {
 	if err := ctx.Err(); err != nil {
 		return t.wrap(op, err)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, t.cfg.CallTimeout, ErrTimeout)
+	ctx, cancel := t.bound(ctx)
 	defer cancel()
 	if err := t.acquire(ctx, 1); err != nil {
 		return t.wrap(op, err)
 	}
+	if ctx.Done() == nil {
+		defer func() { <-t.sem }()
+		var inCall atomic.Bool
+		return t.finish(op, t.work(ctx, op, fn, &inCall))
+	}
 	return t.run(ctx, op, fn)
+}
+
+// bound gives ctx the token's CallTimeout, unless it is NoCallTimeout.
+func (t *Token) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if t.cfg.CallTimeout == NoCallTimeout {
+		return ctx, func() {}
+	}
+	return context.WithTimeoutCause(ctx, t.cfg.CallTimeout, ErrTimeout)
 }
 
 // acquire takes n session slots, waiting honours ctx.
@@ -373,9 +398,13 @@ func (t *Token) finish(op Op, err error) error {
 }
 
 func (t *Token) setHealth(ok bool, err error) {
+	if ok && t.healthyHint.Load() {
+		return // nothing to change: healthy means no error recorded
+	}
 	t.mu.Lock()
 	changed := t.healthy != ok
 	t.healthy, t.lastErr = ok, err
+	t.healthyHint.Store(ok)
 	t.mu.Unlock()
 	if changed {
 		if ok {
@@ -400,9 +429,9 @@ func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall
 			}
 			return err
 		}
-		unlock := t.lockObjects(op)
+		exclusive := t.lockObjects(op)
 		err = t.intercept(ctx, op, func() error { return fn(s) })
-		unlock()
+		t.unlockObjects(exclusive)
 		inCall.Store(false)
 		retry := t.putSession(ctx, s, err)
 		if !retry || ctx.Err() != nil {
@@ -421,18 +450,36 @@ func writesObjects(op Op) bool {
 	return false
 }
 
-// lockObjects takes objMu as the profile and op require and returns the
-// matching unlock.
-func (t *Token) lockObjects(op Op) (unlock func()) {
+// objLock says how a call holds objMu.
+type objLock uint8
+
+const (
+	objNone objLock = iota
+	objShared
+	objExclusive
+)
+
+// lockObjects takes objMu as the profile and op require; unlockObjects
+// undoes it.
+func (t *Token) lockObjects(op Op) objLock {
 	switch {
 	case !t.profile().ExclusiveObjectWrites:
-		return func() {}
+		return objNone
 	case writesObjects(op):
 		t.objMu.Lock()
-		return t.objMu.Unlock
+		return objExclusive
 	}
 	t.objMu.RLock()
-	return t.objMu.RUnlock
+	return objShared
+}
+
+func (t *Token) unlockObjects(l objLock) {
+	switch l {
+	case objExclusive:
+		t.objMu.Unlock()
+	case objShared:
+		t.objMu.RUnlock()
+	}
 }
 
 // retryable reports whether a fresh session may succeed where this failed.
