@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"encoding/asn1"
+	"errors"
 	"fmt"
 	"math/big"
 	"slices"
@@ -408,14 +409,33 @@ func ecdsaRawToDER(raw []byte) ([]byte, error) {
 	if len(raw) == 0 || len(raw)%2 != 0 {
 		return nil, fmt.Errorf("token returned a malformed ECDSA signature of %d bytes", len(raw))
 	}
-	r := new(big.Int).SetBytes(raw[:len(raw)/2])
-	s := new(big.Int).SetBytes(raw[len(raw)/2:])
-	var b cryptobyte.Builder
+	// Room for the headers (SEQUENCE up to 3 bytes, per INTEGER 2 and a
+	// leading zero) so that the builder allocates once.
+	b := cryptobyte.NewBuilder(make([]byte, 0, len(raw)+16))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1BigInt(r)
-		b.AddASN1BigInt(s)
+		addASN1Unsigned(b, raw[:len(raw)/2])
+		addASN1Unsigned(b, raw[len(raw)/2:])
 	})
 	return b.Bytes()
+}
+
+// addASN1Unsigned adds a positive big-endian integer as an ASN.1 INTEGER:
+// leading zeros dropped, one zero added when the high bit is set. Zero is
+// an error, since neither r nor s of an ECDSA signature may be zero.
+func addASN1Unsigned(b *cryptobyte.Builder, v []byte) {
+	for len(v) > 0 && v[0] == 0 {
+		v = v[1:]
+	}
+	if len(v) == 0 {
+		b.SetError(errors.New("token returned an ECDSA signature with a zero component"))
+		return
+	}
+	b.AddASN1(cbasn1.INTEGER, func(b *cryptobyte.Builder) {
+		if v[0]&0x80 != 0 {
+			b.AddUint8(0)
+		}
+		b.AddBytes(v)
+	})
 }
 
 // ecdsaDERToRaw decodes an ASN.1 ECDSA-Sig-Value into r||s, each n bytes.
