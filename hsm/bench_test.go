@@ -99,7 +99,7 @@ type op struct {
 	id     string
 	class  uint
 	direct func(e *benchEnv, s pkcs11.SessionHandle, k pkcs11.ObjectHandle) error
-	viaHSM func(e *benchEnv) error
+	viaHSM func(tok *hsm.Token, e *benchEnv) error
 }
 
 var benchOps = []op{
@@ -118,8 +118,8 @@ var benchOps = []op{
 			_, err := e.ctx.Encrypt(s, e.msg)
 			return err
 		},
-		viaHSM: func(e *benchEnv) error {
-			_, _, err := e.tok.EncryptGCM(context.Background(), "aes", nil, e.msg, e.aad)
+		viaHSM: func(tok *hsm.Token, e *benchEnv) error {
+			_, _, err := tok.EncryptGCM(context.Background(), "aes", nil, e.msg, e.aad)
 			return err
 		},
 	},
@@ -134,8 +134,8 @@ var benchOps = []op{
 			_, err := e.ctx.Decrypt(s, e.ct)
 			return err
 		},
-		viaHSM: func(e *benchEnv) error {
-			_, err := e.tok.DecryptGCM(context.Background(), "aes", e.iv, e.ct, e.aad)
+		viaHSM: func(tok *hsm.Token, e *benchEnv) error {
+			_, err := tok.DecryptGCM(context.Background(), "aes", e.iv, e.ct, e.aad)
 			return err
 		},
 	},
@@ -148,8 +148,8 @@ var benchOps = []op{
 			_, err := e.ctx.Sign(s, e.dig)
 			return err
 		},
-		viaHSM: func(e *benchEnv) error {
-			_, err := e.tok.Sign(context.Background(), "ec", hsm.ECDSA, crypto.SHA256, e.dig)
+		viaHSM: func(tok *hsm.Token, e *benchEnv) error {
+			_, err := tok.Sign(context.Background(), "ec", hsm.ECDSA, crypto.SHA256, e.dig)
 			return err
 		},
 	},
@@ -162,8 +162,8 @@ var benchOps = []op{
 			_, err := e.ctx.Sign(s, e.hmsg)
 			return err
 		},
-		viaHSM: func(e *benchEnv) error {
-			_, err := e.tok.MAC(context.Background(), "mac", crypto.SHA256, e.hmsg)
+		viaHSM: func(tok *hsm.Token, e *benchEnv) error {
+			_, err := tok.MAC(context.Background(), "mac", crypto.SHA256, e.hmsg)
 			return err
 		},
 	},
@@ -179,37 +179,57 @@ var benchOps = []op{
 //
 // With one goroutine the calls run on the benchmark's own goroutine, as a
 // direct user's would; with eight, each direct goroutine owns a session.
+//
+// The hsm side runs in both of its ways, on two Tokens of the same token:
+//
+//	deadline    the default Config (CallTimeout 10s): every call has a
+//	            deadline, so it runs on a worker goroutine and the caller
+//	            can return at the deadline whatever the module does
+//	nodeadline  CallTimeout NoCallTimeout and context.Background: the
+//	            same contract as the direct calls (wait for the module),
+//	            so the call runs on the caller's goroutine
 func BenchmarkVsDirect(b *testing.B) {
 	e := newBenchEnv(b)
+	cfg := e.m.Config()
+	cfg.CallTimeout = hsm.NoCallTimeout
+	inline, err := hsm.Open(context.Background(), cfg)
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = inline.Close() })
+	toks := []struct {
+		name string
+		tok  *hsm.Token
+	}{{"deadline", e.tok}, {"nodeadline", inline}}
 	const burst = 200
 	for _, o := range benchOps {
 		for _, g := range []int{1, 8} {
-			b.Run(fmt.Sprintf("%s/g%d", o.name, g), func(b *testing.B) {
-				sessions := make([]pkcs11.SessionHandle, g)
-				var key pkcs11.ObjectHandle
-				for w := range sessions {
-					sessions[w], key = e.directSession(b, o.id, o.class)
-				}
-				defer func() {
-					for _, s := range sessions {
-						_ = e.ctx.CloseSession(s)
+			for _, tk := range toks {
+				b.Run(fmt.Sprintf("%s/g%d/%s", o.name, g, tk.name), func(b *testing.B) {
+					sessions := make([]pkcs11.SessionHandle, g)
+					var key pkcs11.ObjectHandle
+					for w := range sessions {
+						sessions[w], key = e.directSession(b, o.id, o.class)
 					}
-				}()
-				direct := func(w int) error { return o.direct(e, sessions[w], key) }
-				viaHSM := func(int) error { return o.viaHSM(e) }
-				// Warm up: the handle cache, the pool's sessions.
-				for _, f := range []func(int) error{direct, viaHSM} {
-					if _, err := runBurst(g, burst, f); err != nil {
-						b.Fatal(err)
+					defer func() {
+						for _, s := range sessions {
+							_ = e.ctx.CloseSession(s)
+						}
+					}()
+					direct := func(w int) error { return o.direct(e, sessions[w], key) }
+					viaHSM := func(int) error { return o.viaHSM(tk.tok, e) }
+					// Warm up: the handle cache, the pool's sessions.
+					for _, f := range []func(int) error{direct, viaHSM} {
+						if _, err := runBurst(g, burst, f); err != nil {
+							b.Fatal(err)
+						}
 					}
-				}
-				td, th := alternate(b, g, burst, direct, viaHSM)
-				calls := float64(burst * b.N)
-				b.ReportMetric(float64(td.Nanoseconds())/calls, "direct-ns/op")
-				b.ReportMetric(float64(th.Nanoseconds())/calls, "hsm-ns/op")
-				b.ReportMetric(td.Seconds()/th.Seconds(), "x_direct")
-				b.ReportMetric(0, "ns/op")
-			})
+					td, th := alternate(b, g, burst, direct, viaHSM)
+					calls := float64(burst * b.N)
+					b.ReportMetric(float64(td.Nanoseconds())/calls, "direct-ns/op")
+					b.ReportMetric(float64(th.Nanoseconds())/calls, "hsm-ns/op")
+					b.ReportMetric(td.Seconds()/th.Seconds(), "x_direct")
+					b.ReportMetric(0, "ns/op")
+				})
+			}
 		}
 	}
 }
