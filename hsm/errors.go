@@ -204,6 +204,9 @@ func sessionFatal(code CKR) bool {
 // asCKR extracts a PKCS#11 return value from an error returned by
 // miekg/pkcs11 or by an Interceptor. ok is false for other errors.
 func asCKR(err error) (CKR, bool) {
+	if err == nil { // the common case, without errors.As's allocation
+		return 0, false
+	}
 	var pe pkcs11.Error
 	if errors.As(err, &pe) {
 		return CKR(pe), true

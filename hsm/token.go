@@ -229,7 +229,9 @@ func (t *Token) Probe(ctx context.Context) error {
 
 // Close waits for in-flight calls to return, closes the sessions and
 // releases the module; the last Token of a module finalizes it. Close is
-// idempotent; calls after it return ErrClosed.
+// idempotent; calls made while it waits, and after it, return ErrClosed.
+// With NoCallTimeout, a call without a deadline that hangs in the module
+// keeps Close waiting until the module answers.
 func (t *Token) Close() error {
 	t.closeMu.Lock()
 	if t.closed {
@@ -430,7 +432,11 @@ func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall
 			return err
 		}
 		exclusive := t.lockObjects(op)
-		err = t.intercept(ctx, op, func() error { return fn(s) })
+		if t.opts.interceptor == nil {
+			err = fn(s) // without intercept's closure, which escapes
+		} else {
+			err = t.opts.interceptor.Intercept(ctx, op, func() error { return fn(s) })
+		}
 		t.unlockObjects(exclusive)
 		inCall.Store(false)
 		retry := t.putSession(ctx, s, err)
