@@ -48,14 +48,24 @@
 // CKR_OPERATION_ACTIVE. Callers beyond the pool size wait, honouring their
 // context.
 //
-// Every call has a deadline: the caller's, or Config.CallTimeout when that
-// comes first. A call that passes it returns at the deadline with ctx's
-// error (ErrTimeout for our own timeout), its session is never reused and
-// the token reports itself unhealthy (Health). The worker stuck in the
-// module is accepted as lost; if the module answers after all, the worker
-// finishes the call, so AppendEncryptGCM may still write into the spare
-// room of the dst it was given. Cancelling a context never counts against
-// the token.
+// By default every call has a deadline: the caller's, or
+// Config.CallTimeout when that comes first. A call that passes it returns
+// at the deadline with ctx's error (ErrTimeout for our own timeout), its
+// session is never reused and the token reports itself unhealthy
+// (Health). The worker stuck in the module is accepted as lost; if the
+// module answers after all, the worker finishes the call, so
+// AppendEncryptGCM may still write into the spare room of the dst it was
+// given. Cancelling a context never counts against the token.
+//
+// Config.CallTimeout set to NoCallTimeout drops our own bound: a call is
+// then bounded by the caller's context alone. A call whose context can
+// neither expire nor be cancelled (context.Background) has nothing to
+// return at, so it runs on the caller's goroutine, as a direct PKCS#11
+// call would, and waits for the module however long it takes; waiting
+// says nothing about the token's health. This saves the handoff to a
+// worker, a thread wake-up per call that costs 10–25 µs on small VMs
+// (see BENCHMARKS.md); it suits a process that does its own supervision.
+// Calls with a deadline or a cancellation still run on a worker.
 //
 // When a call returns a session-fatal code (CKR_SESSION_HANDLE_INVALID,
 // CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
@@ -67,7 +77,9 @@
 // borrowed, so an old handle can never reach a new session or object.
 // CKR_USER_NOT_LOGGED_IN logs in again. The failed call is retried once.
 //
-// Close waits for in-flight calls and is idempotent.
+// Close waits for in-flight calls and is idempotent; calls made while it
+// waits return ErrClosed at once. A call without any bound (above) that
+// hangs in the module keeps Close waiting with it.
 //
 // # Errors
 //
