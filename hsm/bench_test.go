@@ -395,6 +395,49 @@ func BenchmarkManyKeys(b *testing.B) {
 	}
 }
 
+// skipCall is an Interceptor that answers op without calling the module.
+type skipCall hsm.Op
+
+func (k skipCall) Intercept(_ context.Context, op hsm.Op, call func() error) error {
+	if op == hsm.Op(k) {
+		return nil
+	}
+	return call()
+}
+
+// BenchmarkCallOverhead measures what the package itself costs per call:
+// an Interceptor answers the HMAC call without reaching the module, so
+// what remains is the pool, the bookkeeping and, on the deadline path, the
+// handoff to a worker goroutine and back. The skipped part includes the
+// key lookup, so no key is created. Without a C call to wait for, the
+// worker's thread stays awake here; with real calls each handoff also
+// wakes a thread (see BenchmarkVsDirect).
+//
+//	go test ./hsm -run '^$' -bench CallOverhead
+func BenchmarkCallOverhead(b *testing.B) {
+	m := softhsmtest.New(b, 1).Members[0]
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		timeout time.Duration
+	}{{"deadline", hsm.DefaultCallTimeout}, {"nodeadline", hsm.NoCallTimeout}} {
+		b.Run(c.name, func(b *testing.B) {
+			cfg := m.Config()
+			cfg.CallTimeout = c.timeout
+			tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(skipCall(hsm.OpMAC)))
+			require.NoError(b, err)
+			b.Cleanup(func() { _ = tok.Close() })
+			msg := make([]byte, 32)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := tok.MAC(ctx, "mac", crypto.SHA256, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // openPlain opens a token without the fault injector, as production code
 // does.
 func openPlain(b *testing.B, m *softhsmtest.Member) *hsm.Token {
