@@ -13,10 +13,10 @@ import (
 // for the sizes of P-256, P-384 and P-521, with the edge cases of
 // INTEGER encoding: the high bit set (a zero byte in front), leading zeros
 // (dropped), a one-byte value, and the longest values (P-521's SEQUENCE
-// needs a two-byte length).
+// needs a two-byte length), up to the longest halves it takes (124 bytes).
 func TestECDSARawToDER(t *testing.T) {
 	type sig struct{ R, S *big.Int }
-	for _, n := range []int{32, 48, 66} {
+	for _, n := range []int{32, 48, 66, 124} {
 		half := func(fill byte, lead int) []byte {
 			v := bytes.Repeat([]byte{fill}, n)
 			for i := range lead {
@@ -43,7 +43,7 @@ func TestECDSARawToDER(t *testing.T) {
 		_, err := ecdsaRawToDER(append(make([]byte, n), half(0x42, 0)...))
 		require.Error(t, err, "a zero r must be refused")
 	}
-	for _, bad := range [][]byte{nil, {1}, {1, 2, 3}} {
+	for _, bad := range [][]byte{nil, {1}, {1, 2, 3}, make([]byte, 2*125)} {
 		_, err := ecdsaRawToDER(bad)
 		require.Error(t, err)
 	}

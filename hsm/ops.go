@@ -404,38 +404,59 @@ func verifyErr(err error) error {
 	return err
 }
 
-// ecdsaRawToDER encodes PKCS#11's r||s as an ASN.1 ECDSA-Sig-Value.
+// ecdsaRawToDER encodes PKCS#11's r||s as an ASN.1 ECDSA-Sig-Value, in
+// one allocation: it runs on every signature, and Go work between two
+// module calls costs more than its CPU time when callers outnumber cores
+// (see BENCHMARKS.md).
 func ecdsaRawToDER(raw []byte) ([]byte, error) {
-	if len(raw) == 0 || len(raw)%2 != 0 {
+	// Halves of up to 124 bytes keep every length in one byte (the
+	// SEQUENCE's after 0x81); P-521's 66 is the largest in use.
+	if len(raw) == 0 || len(raw)%2 != 0 || len(raw) > 2*124 {
 		return nil, fmt.Errorf("token returned a malformed ECDSA signature of %d bytes", len(raw))
 	}
-	// Room for the headers (SEQUENCE up to 3 bytes, per INTEGER 2 and a
-	// leading zero) so that the builder allocates once.
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(raw)+16))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		addASN1Unsigned(b, raw[:len(raw)/2])
-		addASN1Unsigned(b, raw[len(raw)/2:])
-	})
-	return b.Bytes()
+	r, s := derUnsigned(raw[:len(raw)/2]), derUnsigned(raw[len(raw)/2:])
+	if len(r.v) == 0 || len(s.v) == 0 {
+		return nil, errors.New("token returned an ECDSA signature with a zero component")
+	}
+	body := r.size() + s.size()
+	out := make([]byte, 0, 3+body)
+	if body < 0x80 {
+		out = append(out, 0x30, byte(body))
+	} else { // at most 2*(2+125)
+		out = append(out, 0x30, 0x81, byte(body))
+	}
+	return s.append(r.append(out)), nil
 }
 
-// addASN1Unsigned adds a positive big-endian integer as an ASN.1 INTEGER:
-// leading zeros dropped, one zero added when the high bit is set. Zero is
-// an error, since neither r nor s of an ECDSA signature may be zero.
-func addASN1Unsigned(b *cryptobyte.Builder, v []byte) {
+// derInt is a positive big-endian integer ready for DER: v without its
+// leading zeros, pad when a zero byte must go in front (high bit set).
+type derInt struct {
+	v   []byte
+	pad bool
+}
+
+func derUnsigned(v []byte) derInt {
 	for len(v) > 0 && v[0] == 0 {
 		v = v[1:]
 	}
-	if len(v) == 0 {
-		b.SetError(errors.New("token returned an ECDSA signature with a zero component"))
-		return
+	return derInt{v: v, pad: len(v) > 0 && v[0]&0x80 != 0}
+}
+
+func (d derInt) contentLen() int {
+	if d.pad {
+		return len(d.v) + 1
 	}
-	b.AddASN1(cbasn1.INTEGER, func(b *cryptobyte.Builder) {
-		if v[0]&0x80 != 0 {
-			b.AddUint8(0)
-		}
-		b.AddBytes(v)
-	})
+	return len(d.v)
+}
+
+func (d derInt) size() int { return 2 + d.contentLen() }
+
+func (d derInt) append(out []byte) []byte {
+	out = append(out, 0x02, byte(d.contentLen()))
+	if d.pad {
+		out = append(out, 0)
+	}
+	return append(out, d.v...)
 }
 
 // ecdsaDERToRaw decodes an ASN.1 ECDSA-Sig-Value into r||s, each n bytes.
