@@ -216,6 +216,13 @@ func (t *Token) key(s *session, id KeyID) (*keyEntry, error) {
 	if e := t.keys.get(id, s.gen); e != nil {
 		return e, nil
 	}
+	return t.lookUp(s, id)
+}
+
+// lookUp is key's search, a function of its own so that the cached path
+// keeps a small stack frame (a large one makes new goroutines grow their
+// stacks on every first call).
+func (t *Token) lookUp(s *session, id KeyID) (*keyEntry, error) {
 	objs, err := t.find(s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id)),
