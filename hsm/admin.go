@@ -136,7 +136,7 @@ func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin
 			<-t.sem
 		}
 	}()
-	err := t.run(ctx, OpMarkTrusted, func(s *session) error {
+	err := t.run(ctx, OpMarkTrusted, "", func(s *session, _ *keyEntry) error {
 		state := "user"
 		soLogin := func() error {
 			if err := t.mod.ctx.Logout(s.h); err != nil {

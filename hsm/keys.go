@@ -392,28 +392,34 @@ func bytesToUint(b []byte) uint {
 	return v
 }
 
-// withKey resolves id and runs fn; a handle that turned out invalid (the
-// key was destroyed behind our back) is dropped from the cache and
-// resolved once more.
-func (t *Token) withKey(ctx context.Context, op Op, id KeyID, fn func(*session, *keyEntry) error) error {
+// withKey resolves id and runs fn with its handles (see apply).
+func (t *Token) withKey(ctx context.Context, op Op, id KeyID, fn opFunc) error {
 	if err := id.Validate(); err != nil {
 		return t.wrap(op, err)
 	}
-	return t.do(ctx, op, func(s *session) error {
-		for attempt := 0; ; attempt++ {
-			e, err := t.key(s, id)
-			if err != nil {
-				return err
-			}
-			err = fn(s, e)
-			if c, ok := asCKR(err); ok && attempt == 0 &&
-				(c == CKR(pkcs11.CKR_KEY_HANDLE_INVALID) || c == CKR(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
-				t.keys.drop(id)
-				continue
-			}
+	return t.do(ctx, op, id, fn)
+}
+
+// apply runs fn on s: with id's handles when id is set, else with nil. A
+// handle that turned out invalid (the key was destroyed behind our back)
+// is dropped from the cache and resolved once more.
+func (t *Token) apply(s *session, id KeyID, fn opFunc) error {
+	if id == "" {
+		return fn(s, nil)
+	}
+	for attempt := 0; ; attempt++ {
+		e, err := t.key(s, id)
+		if err != nil {
 			return err
 		}
-	})
+		err = fn(s, e)
+		if c, ok := asCKR(err); ok && attempt == 0 &&
+			(c == CKR(pkcs11.CKR_KEY_HANDLE_INVALID) || c == CKR(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
+			t.keys.drop(id)
+			continue
+		}
+		return err
+	}
 }
 
 // GenerateKey creates a key with the given ID and spec on the token. It
@@ -430,7 +436,7 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 	}
 	si := specs[spec]
 	var info KeyInfo
-	err := t.do(ctx, OpGenerateKey, func(s *session) error {
+	err := t.do(ctx, OpGenerateKey, "", func(s *session, _ *keyEntry) error {
 		if err := t.ensureAbsent(s, id); err != nil {
 			return err
 		}
@@ -628,7 +634,7 @@ func (t *Token) DestroyKey(ctx context.Context, id KeyID) error {
 	if err := id.Validate(); err != nil {
 		return t.wrap(OpDestroyKey, err)
 	}
-	return t.do(ctx, OpDestroyKey, func(s *session) error {
+	return t.do(ctx, OpDestroyKey, "", func(s *session, _ *keyEntry) error {
 		objs, err := t.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id)),
@@ -653,7 +659,7 @@ func (t *Token) DestroyKey(ctx context.Context, id KeyID) error {
 // label carries its prefix), in no particular order.
 func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
-	err := t.do(ctx, OpListKeys, func(s *session) error {
+	err := t.do(ctx, OpListKeys, "", func(s *session, _ *keyEntry) error {
 		out = out[:0]
 		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY} {
 			objs, err := t.find(s, []*pkcs11.Attribute{

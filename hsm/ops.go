@@ -533,7 +533,7 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 		return nil, t.wrap(OpRandom, fmt.Errorf("%w: %d random bytes; want 1 to 65536", ErrInvalidInput, n))
 	}
 	var out []byte
-	err := t.do(ctx, OpRandom, func(s *session) error {
+	err := t.do(ctx, OpRandom, "", func(s *session, _ *keyEntry) error {
 		var err error
 		out, err = t.mod.ctx.GenerateRandom(s.h, n)
 		return err

@@ -112,7 +112,7 @@ func Open(ctx context.Context, cfg Config, opt ...Option) (*Token, error) {
 		return nil, err
 	}
 	// Log in now so that a wrong PIN fails Open, not the first call.
-	if err := t.do(ctx, OpLogin, func(*session) error { return nil }); err != nil {
+	if err := t.do(ctx, OpLogin, "", func(*session, *keyEntry) error { return nil }); err != nil {
 		_ = mod.release()
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func (t *Token) Health() Health {
 // Probe checks the token end to end: a session, the login state and the
 // token's presence in its slot. It updates Health.
 func (t *Token) Probe(ctx context.Context) error {
-	return t.do(ctx, OpProbe, func(s *session) error {
+	return t.do(ctx, OpProbe, "", func(s *session, _ *keyEntry) error {
 		si, err := t.mod.ctx.GetSessionInfo(s.h)
 		if err != nil {
 			return err
@@ -279,18 +279,18 @@ func (t *Token) intercept(ctx context.Context, op Op, call func() error) error {
 	return t.opts.interceptor.Intercept(ctx, op, call)
 }
 
-// do runs fn with a session of its own on a worker goroutine, so that the
-// caller returns at its deadline even if the module never does. The worker
-// may outlive the call: a caller reads what fn wrote only when do returned
-// nil (the worker finished), never on an error, or it races the worker. It
-// retries once on a fresh session when the session turned out dead or
-// logged out.
+// do runs fn with a session of its own (and, when id is set, id's handles:
+// see apply) on a worker goroutine, so that the caller returns at its
+// deadline even if the module never does. The worker may outlive the
+// call: a caller reads what fn wrote only when do returned nil (the worker
+// finished), never on an error, or it races the worker. It retries once on
+// a fresh session when the session turned out dead or logged out.
 //
 // A call that nothing can end before the module answers (no deadline, no
 // cancellation: context.Background with NoCallTimeout) runs on the
 // caller's goroutine instead: it would wait for the module either way,
 // and handing it to another goroutine costs a thread wake-up per call.
-func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {
+func (t *Token) do(ctx context.Context, op Op, id KeyID, fn opFunc) error {
 	if !t.closeMu.TryRLock() { // fails only while Close holds or waits for it
 		return t.wrap(op, ErrClosed)
 	}
@@ -309,10 +309,15 @@ func (t *Token) do(ctx context.Context, op Op, fn func(*session) error) error {
 	if ctx.Done() == nil {
 		defer func() { <-t.sem }()
 		var inCall atomic.Bool
-		return t.finish(op, t.work(ctx, op, fn, &inCall))
+		return t.finish(op, t.work(ctx, op, id, fn, &inCall))
 	}
-	return t.run(ctx, op, fn)
+	return t.run(ctx, op, id, fn)
 }
+
+// opFunc is what a call does with its session and, when the call names a
+// key, that key's handles (nil otherwise). The key goes through do rather
+// than a closure around fn so that a call allocates one closure less.
+type opFunc func(s *session, e *keyEntry) error
 
 // bound gives ctx the token's CallTimeout, unless it is NoCallTimeout.
 func (t *Token) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -342,14 +347,14 @@ func (t *Token) acquire(ctx context.Context, n int) error {
 }
 
 // run runs fn on a worker that owns one acquired slot and releases it.
-func (t *Token) run(ctx context.Context, op Op, fn func(*session) error) error {
+func (t *Token) run(ctx context.Context, op Op, id KeyID, fn opFunc) error {
 	var inCall atomic.Bool
 	done := make(chan error, 1)
 	t.workers.Add(1)
 	go func() {
 		defer t.workers.Done()
 		defer func() { <-t.sem }()
-		done <- t.work(ctx, op, fn, &inCall)
+		done <- t.work(ctx, op, id, fn, &inCall)
 	}()
 
 	select {
@@ -418,7 +423,7 @@ func (t *Token) setHealth(ok bool, err error) {
 }
 
 // work is the worker's side of do.
-func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall *atomic.Bool) error {
+func (t *Token) work(ctx context.Context, op Op, id KeyID, fn opFunc, inCall *atomic.Bool) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		var s *session
@@ -433,9 +438,9 @@ func (t *Token) work(ctx context.Context, op Op, fn func(*session) error, inCall
 		}
 		exclusive := t.lockObjects(op)
 		if t.opts.interceptor == nil {
-			err = fn(s) // without intercept's closure, which escapes
+			err = t.apply(s, id, fn) // without intercept's closure, which escapes
 		} else {
-			err = t.opts.interceptor.Intercept(ctx, op, func() error { return fn(s) })
+			err = t.opts.interceptor.Intercept(ctx, op, func() error { return t.apply(s, id, fn) })
 		}
 		t.unlockObjects(exclusive)
 		inCall.Store(false)

@@ -48,7 +48,7 @@ func (t *Token) WrapKey(ctx context.Context, wrappingKey, id KeyID, w Wrapping) 
 		return nil, t.wrap(OpWrapKey, err)
 	}
 	var out []byte
-	err := t.do(ctx, OpWrapKey, func(s *session) error {
+	err := t.do(ctx, OpWrapKey, "", func(s *session, _ *keyEntry) error {
 		wk, err := t.key(s, wrappingKey)
 		if err != nil {
 			return err
@@ -150,7 +150,7 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 		opts.Usage = req.Spec.DefaultUsage()
 	}
 	info := KeyInfo{ID: req.ID, Spec: req.Spec, Usage: opts.Usage, Extractable: opts.Extractable}
-	err = t.do(ctx, OpUnwrapKey, func(s *session) error {
+	err = t.do(ctx, OpUnwrapKey, "", func(s *session, _ *keyEntry) error {
 		if err := t.ensureAbsent(s, req.ID); err != nil {
 			return err
 		}
@@ -382,7 +382,7 @@ func (t *Token) GenerateWrapped(ctx context.Context, wrappingKey KeyID, spec Key
 	opts.Extractable = true
 	si := specs[spec]
 	var outW, outPub []byte // written by the worker; read only once do returned nil
-	err = t.do(ctx, OpGenerateWrapped, func(s *session) error {
+	err = t.do(ctx, OpGenerateWrapped, "", func(s *session, _ *keyEntry) error {
 		wk, err := t.key(s, wrappingKey)
 		if err != nil {
 			return err
