@@ -161,7 +161,16 @@ func TestCrashRestartUnderLoad(t *testing.T) {
 		_, err = tok.DecryptGCM(ctx, other, before[id].iv, before[id].ct, nil)
 		assert.ErrorIs(t, err, hsm.ErrDecrypt)
 	}
-	assert.True(t, tok.Health().Healthy)
+	assertHealthy(t, tok)
+}
+
+// assertHealthy checks that tok reports itself healthy, with no error left
+// from before it recovered.
+func assertHealthy(t *testing.T, tok *hsm.Token) {
+	t.Helper()
+	h := tok.Health()
+	assert.True(t, h.Healthy)
+	assert.NoError(t, h.Err, "a healthy token reports no error")
 }
 
 // waitFor polls cond without sleeping as synchronisation: it yields until
@@ -337,7 +346,7 @@ func TestSessionFatalCodes(t *testing.T) {
 	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
 	require.NoError(t, err)
 	assert.Equal(t, gen, hsm.Generation(tok), "a re-login needs no new generation")
-	assert.True(t, tok.Health().Healthy)
+	assertHealthy(t, tok)
 
 	// A caller's fault code is returned at once and not retried.
 	calls := m.Faults.Calls(hsm.OpEncrypt)
@@ -481,6 +490,28 @@ func TestCloseCrashedMember(t *testing.T) {
 	require.NoError(t, m.Crash())
 	require.NoError(t, tok.Close())
 	require.NoError(t, m.Restart())
+}
+
+// TestRecoveredTokenForgetsItsFault: a crashed member makes calls fail
+// and the token unhealthy with the fault recorded; once the member is
+// back, the next call reconnects and the token is healthy with no error
+// left over.
+func TestRecoveredTokenForgetsItsFault(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	_, err := tok.Random(ctx, 8)
+	require.NoError(t, err)
+	require.NoError(t, m.Crash())
+	_, err = tok.Random(ctx, 8)
+	require.Error(t, err)
+	h := tok.Health()
+	require.False(t, h.Healthy)
+	require.Error(t, h.Err)
+	require.NoError(t, m.Restart())
+	_, err = tok.Random(ctx, 8)
+	require.NoError(t, err)
+	assertHealthy(t, tok)
 }
 
 // TestCancelledCallNotHeldAgainstToken: cancelling a hung call returns at
