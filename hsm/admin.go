@@ -122,11 +122,18 @@ func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin
 		return t.wrap(OpMarkTrusted, ErrClosed)
 	}
 	defer t.closeMu.RUnlock()
-	if t.closed {
+	if t.closed.Load() {
 		return t.wrap(OpMarkTrusted, ErrClosed)
 	}
 	ctx, cancel := t.bound(ctx)
 	defer cancel()
+	// One administrative call at a time: two taking the pool's slots one
+	// by one could each hold some and wait for the other's, for ever when
+	// nothing bounds their contexts.
+	if err := t.lockSO(ctx); err != nil {
+		return t.wrap(OpMarkTrusted, err)
+	}
+	defer func() { <-t.soSem }()
 	n := cap(t.sem)
 	if err := t.acquire(ctx, n); err != nil {
 		return t.wrap(OpMarkTrusted, err)

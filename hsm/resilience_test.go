@@ -292,13 +292,12 @@ func TestNoCallTimeout(t *testing.T) {
 
 	closed := make(chan error, 1)
 	go func() { closed <- tok.Close() }()
-	require.Eventually(t, func() bool {
-		_, _, err := tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil) // succeeds until Close waits, then ErrClosed
-		if err != nil {
-			require.ErrorIs(t, err, hsm.ErrClosed)
-		}
-		return err != nil
-	}, 10*time.Second, time.Millisecond)
+	var closedErr error
+	waitFor(t, func() bool {
+		_, _, closedErr = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil) // succeeds until Close waits
+		return closedErr != nil
+	})
+	require.ErrorIs(t, closedErr, hsm.ErrClosed)
 	select {
 	case err := <-closed:
 		t.Fatalf("Close returned (%v) while a call was in flight", err)
@@ -309,6 +308,112 @@ func TestNoCallTimeout(t *testing.T) {
 	m.Faults.Release()
 	require.NoError(t, <-returned)
 	require.NoError(t, <-closed)
+}
+
+// TestAdminCallsWithoutDeadline: two administrative calls, each needing
+// every session slot, wait for slots held by hung calls; nothing bounds
+// their contexts, so if each took some of the slots they would wait for
+// each other for ever. Both finish once the hung calls do.
+func TestAdminCallsWithoutDeadline(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, func(c *hsm.Config) {
+		c.MaxSessions = 2
+		c.CallTimeout = hsm.NoCallTimeout
+	})
+	m.Faults.Hang(hsm.OpRandom)
+	hung := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := tok.Random(ctx, 8); hung <- err }()
+	}
+	require.NoError(t, m.Faults.AwaitHung(ctx, 2))
+
+	admin := make(chan error, 2)
+	for _, id := range []hsm.KeyID{"kek-a", "kek-b"} {
+		go func() {
+			_, err := tok.CreateTrustedWrappingKey(ctx, id, m.SOPIN(), hsm.KeyOptions{})
+			admin <- err
+		}()
+	}
+	// Both admin calls are waiting (for slots or for each other) before
+	// the slots come free.
+	waitFor(t, func() bool {
+		return goroutinesIn("hsm.(*Token).asSO(") >= 2 && goroutinesIn("hsm.(*Token).CreateTrustedWrappingKey(") >= 2
+	})
+	m.Faults.Release()
+	for range 2 {
+		require.NoError(t, <-hung)
+	}
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for range 2 {
+		select {
+		case err := <-admin:
+			require.NoError(t, err)
+		case <-timeout.C:
+			t.Fatal("the administrative calls deadlocked on the session slots")
+		}
+	}
+}
+
+// goroutinesIn counts the goroutines with fn on their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte(fn)) {
+			n++
+		}
+	}
+	return n
+}
+
+// panicOnce is an Interceptor that panics on the first call of op and
+// passes every other call on.
+type panicOnce struct {
+	op    hsm.Op
+	next  hsm.Interceptor
+	fired atomic.Bool
+}
+
+func (p *panicOnce) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+	if op == p.op && p.fired.CompareAndSwap(false, true) {
+		panic("interceptor panics")
+	}
+	return p.next.Intercept(ctx, op, call)
+}
+
+// TestRecoveredPanicLeavesTokenWorking: a call without a deadline runs on
+// the caller's goroutine, so a panic in it (here the Interceptor's)
+// reaches the caller. A caller that recovers it still has a working
+// token: the objects lock is free (key creation takes it exclusively),
+// and the session was not left borrowed (a new session generation waits
+// for every borrowed session of the old one).
+func TestRecoveredPanicLeavesTokenWorking(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	cfg := m.Config()
+	cfg.CallTimeout = hsm.NoCallTimeout
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(&panicOnce{op: hsm.OpEncrypt, next: m.Faults}))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tok.Close()) })
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+
+	require.PanicsWithValue(t, "interceptor panics", func() { _, _, _ = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil) })
+
+	// Bounded calls: a leaked lock or session would make them time out.
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = tok.GenerateKey(bctx, "aes2", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err, "the objects lock was released")
+	gen := hsm.Generation(tok)
+	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_SESSION_HANDLE_INVALID)
+	_, _, err = tok.EncryptGCM(bctx, "aes", nil, []byte("x"), nil)
+	require.NoError(t, err, "a new generation's session was opened: nothing old is still borrowed")
+	assert.Greater(t, hsm.Generation(tok), gen)
+	assertHealthy(t, tok)
 }
 
 // TestSessionFatalCodes: a session-fatal code evicts the session, starts a

@@ -29,7 +29,9 @@ type Token struct {
 	// return ErrClosed at once instead of queueing behind Close, which a
 	// call without a deadline may keep waiting indefinitely.
 	closeMu sync.RWMutex
-	closed  bool
+	closed  atomic.Bool // set under closeMu; Health reads it without
+
+	soSem chan struct{} // one slot: administrative calls run one at a time
 
 	sem     chan struct{} // one slot per session the pool may hold
 	workers sync.WaitGroup
@@ -93,10 +95,11 @@ func Open(ctx context.Context, cfg Config, opt ...Option) (*Token, error) {
 		f(&o)
 	}
 	t := &Token{
-		cfg:  cfg,
-		opts: o,
-		log:  o.logger,
-		sem:  make(chan struct{}, cfg.MaxSessions),
+		cfg:   cfg,
+		opts:  o,
+		log:   o.logger,
+		sem:   make(chan struct{}, cfg.MaxSessions),
+		soSem: make(chan struct{}, 1),
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -208,7 +211,7 @@ func (t *Token) profile() *Profile { return &t.info.Load().Profile }
 func (t *Token) Health() Health {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return Health{Healthy: t.healthy && !t.closed, Err: t.lastErr}
+	return Health{Healthy: t.healthy && !t.closed.Load(), Err: t.lastErr}
 }
 
 // Probe checks the token end to end: a session, the login state and the
@@ -234,11 +237,11 @@ func (t *Token) Probe(ctx context.Context) error {
 // keeps Close waiting until the module answers.
 func (t *Token) Close() error {
 	t.closeMu.Lock()
-	if t.closed {
+	if t.closed.Load() {
 		t.closeMu.Unlock()
 		return nil
 	}
-	t.closed = true
+	t.closed.Store(true)
 	t.closeMu.Unlock()
 
 	if t.stuck.Load() > 0 {
@@ -295,7 +298,7 @@ func (t *Token) do(ctx context.Context, op Op, id KeyID, fn opFunc) error {
 		return t.wrap(op, ErrClosed)
 	}
 	defer t.closeMu.RUnlock()
-	if t.closed {
+	if t.closed.Load() {
 		return t.wrap(op, ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
@@ -325,6 +328,16 @@ func (t *Token) bound(ctx context.Context) (context.Context, context.CancelFunc)
 		return ctx, func() {}
 	}
 	return context.WithTimeoutCause(ctx, t.cfg.CallTimeout, ErrTimeout)
+}
+
+// lockSO takes the administrative slot, waiting honours ctx.
+func (t *Token) lockSO(ctx context.Context) error {
+	select {
+	case t.soSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return t.ctxErr(ctx)
+	}
 }
 
 // acquire takes n session slots, waiting honours ctx.
@@ -436,13 +449,7 @@ func (t *Token) work(ctx context.Context, op Op, id KeyID, fn opFunc, inCall *at
 			}
 			return err
 		}
-		exclusive := t.lockObjects(op)
-		if t.opts.interceptor == nil {
-			err = t.apply(s, id, fn) // without intercept's closure, which escapes
-		} else {
-			err = t.opts.interceptor.Intercept(ctx, op, func() error { return t.apply(s, id, fn) })
-		}
-		t.unlockObjects(exclusive)
+		err = t.attempt(ctx, op, s, id, fn)
 		inCall.Store(false)
 		retry := t.putSession(ctx, s, err)
 		if !retry || ctx.Err() != nil {
@@ -451,6 +458,32 @@ func (t *Token) work(ctx context.Context, op Op, id KeyID, fn opFunc, inCall *at
 	}
 	return err
 }
+
+// attempt runs fn once on s under the objects lock. Should fn or the
+// Interceptor panic, the lock is released and s, in a state nobody knows,
+// is closed instead of reused before the panic goes on, so that a caller
+// who recovers it (a call without a deadline runs on the caller's
+// goroutine) still has a working token.
+func (t *Token) attempt(ctx context.Context, op Op, s *session, id KeyID, fn opFunc) (err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			t.putSession(ctx, s, errPanicked)
+		}
+	}()
+	l := t.lockObjects(op)
+	defer t.unlockObjects(l)
+	if t.opts.interceptor == nil {
+		err = t.apply(s, id, fn) // without intercept's closure, which escapes
+	} else {
+		err = t.opts.interceptor.Intercept(ctx, op, func() error { return t.apply(s, id, fn) })
+	}
+	returned = true
+	return err
+}
+
+// errPanicked tells putSession that a call on the session panicked.
+var errPanicked = errors.New("hsm: a call on the session panicked")
 
 // writesObjects reports whether op creates or destroys token objects.
 func writesObjects(op Op) bool {
@@ -598,6 +631,8 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 	code, isCKR := asCKR(err)
 	keep := ctx.Err() == nil // an abandoned session is never reused
 	switch {
+	case err == errPanicked:
+		keep = false
 	case isCKR && sessionFatal(code):
 		t.invalidate(s.gen, code.Error())
 		keep, retry = false, true
