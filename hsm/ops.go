@@ -419,11 +419,11 @@ func ecdsaRawToDER(raw []byte) ([]byte, error) {
 		return nil, errors.New("token returned an ECDSA signature with a zero component")
 	}
 	body := r.size() + s.size()
-	out := make([]byte, 0, 3+body)
+	var out []byte
 	if body < 0x80 {
-		out = append(out, 0x30, byte(body))
+		out = append(make([]byte, 0, 2+body), 0x30, byte(body))
 	} else { // at most 2*(2+125)
-		out = append(out, 0x30, 0x81, byte(body))
+		out = append(make([]byte, 0, 3+body), 0x30, 0x81, byte(body))
 	}
 	return s.append(r.append(out)), nil
 }
