@@ -1,8 +1,8 @@
 // Package hsm is one PKCS#11 token, done the way a cluster needs it: a
 // bounded session pool that never shares a session between goroutines and
 // never reuses a dead one, a key handle cache so that no operation on the
-// hot path searches the token, a deadline on every call, and errors that
-// keep the PKCS#11 return value and say whose fault they are.
+// hot path searches the token, a deadline on every call by default, and
+// errors that keep the PKCS#11 return value and say whose fault they are.
 //
 // It is the only package of hsmkms that imports github.com/miekg/pkcs11,
 // and it calls a module directly in one place: AES-GCM encryption calls
@@ -43,9 +43,9 @@
 //
 // A Token is safe for concurrent use. Each call borrows a session from a
 // pool of at most Config.MaxSessions and runs its PKCS#11 calls on a
-// worker goroutine that holds that session alone: SoftHSM aborts the
-// process when two threads share a session, and other HSMs answer
-// CKR_OPERATION_ACTIVE. Callers beyond the pool size wait, honouring their
+// worker goroutine (or, without any deadline, on the caller's: see
+// below) that holds that session alone: SoftHSM aborts the process when
+// two threads share a session, and other HSMs answer CKR_OPERATION_ACTIVE. Callers beyond the pool size wait, honouring their
 // context.
 //
 // By default every call has a deadline: the caller's, or
@@ -63,9 +63,12 @@
 // return at, so it runs on the caller's goroutine, as a direct PKCS#11
 // call would, and waits for the module however long it takes; waiting
 // says nothing about the token's health. This saves the handoff to a
-// worker, a thread wake-up per call that costs 10–25 µs on small VMs
-// (see BENCHMARKS.md); it suits a process that does its own supervision.
-// Calls with a deadline or a cancellation still run on a worker.
+// worker and back, thread wake-ups that cost 10–25 µs per call on small
+// VMs (see BENCHMARKS.md); it suits a process that does its own
+// supervision. Calls with a deadline or a cancellation, and the
+// administrative calls, still run on a worker. A panic in a call on the
+// caller's goroutine (from an Interceptor, say) reaches the caller; the
+// call's session is then closed, not reused.
 //
 // When a call returns a session-fatal code (CKR_SESSION_HANDLE_INVALID,
 // CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,

@@ -42,7 +42,8 @@ const (
 // Intercept must call call at most once, and return its error when it
 // does. It runs on the goroutine that would make the PKCS#11 call, so a
 // blocked Intercept behaves as a stalled HSM: the caller returns at its
-// deadline and the session is never reused.
+// deadline and the session is never reused (a call without any deadline,
+// see NoCallTimeout, waits for it).
 type Interceptor interface {
 	Intercept(ctx context.Context, op Op, call func() error) error
 }
