@@ -231,11 +231,38 @@ func TestAppendEncryptAbandonedAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := bytes.Repeat([]byte{'m'}, 4096)
-	hung := e.sh.Members[2].Faults
+	// Hang the member that served a call just now: routing prefers it, so
+	// the next calls reach it soon. (A fixed member may be the one routing
+	// avoids: it never got a call in 30 tries in about one run in ten.)
+	served := func() []int64 {
+		var n []int64
+		for _, st := range e.c.Members() {
+			n = append(n, st.Served)
+		}
+		return n
+	}
+	before := served()
+	if _, _, err := e.c.EncryptGCM(ctx, "app", nil, msg, nil); err != nil {
+		t.Fatal(err)
+	}
+	after := served()
+	var hung *softhsmtest.Faults
+	for i, st := range e.c.Members() {
+		if st.Name != fmt.Sprintf("m%d", i) {
+			t.Fatalf("member %d is %s", i, st.Name)
+		}
+		if after[i] > before[i] {
+			hung = e.sh.Members[i].Faults
+		}
+	}
+	if hung == nil {
+		t.Fatal("no member counted the call")
+	}
 	hung.Hang(hsm.OpEncrypt)
+	calls := hung.Calls(hsm.OpEncrypt)
 	type result struct{ dst, out, iv, want []byte }
 	var results []result
-	for i := 0; i < 30 && hung.Calls(hsm.OpEncrypt) == 0; i++ {
+	for i := 0; i < 1000 && hung.Calls(hsm.OpEncrypt) == calls; i++ {
 		dst := append(make([]byte, 0, 6+len(msg)+hsm.GCMTagSize), "header"...)
 		out, iv, err := e.c.AppendEncryptGCM(ctx, dst, "app", nil, msg, nil)
 		if err != nil {
@@ -243,7 +270,7 @@ func TestAppendEncryptAbandonedAttempt(t *testing.T) {
 		}
 		results = append(results, result{dst, out, iv, bytes.Clone(out)})
 	}
-	if hung.Calls(hsm.OpEncrypt) == 0 {
+	if hung.Calls(hsm.OpEncrypt) == calls {
 		t.Fatal("no call reached the hung member; the test proves nothing")
 	}
 	hung.Release()
