@@ -14,35 +14,42 @@ typedef unsigned long hsm_ulong; // CK_ULONG on the Unix ABIs PKCS#11 uses
 // order of the specification. Only the entries read here are named.
 struct hsm_function_list {
 	unsigned char major, minor;
-	void *fn[31]; // [3] C_GetFunctionList ... [30] C_Encrypt
+	void *fn[44]; // [3] C_GetFunctionList, [30] C_Encrypt, [34] C_Decrypt, [43] C_Sign
 };
 
 typedef hsm_ulong (*hsm_get_function_list)(struct hsm_function_list **);
-typedef hsm_ulong (*hsm_encrypt)(hsm_ulong, unsigned char *, hsm_ulong, unsigned char *, hsm_ulong *);
 
-// hsm_resolve_encrypt returns C_Encrypt of the module already loaded from
-// path, read from its function list, or NULL. The list's own entry for
+// C_Encrypt, C_Decrypt and C_Sign share one signature: session, input,
+// its length, output, and the output's length (in: room, out: written).
+typedef hsm_ulong (*hsm_single_part)(hsm_ulong, unsigned char *, hsm_ulong, unsigned char *, hsm_ulong *);
+
+// hsm_resolve reads C_Encrypt, C_Decrypt and C_Sign of the module already
+// loaded from path out of its function list into fns, and returns 1; or
+// returns 0 and leaves fns alone. The list's own entry for
 // C_GetFunctionList must be the exported function, which shows that the
 // list is laid out as the specification says. The reference taken here
 // is dropped again: the caller holds the module loaded for as long as it
 // uses the result.
-static void *hsm_resolve_encrypt(const char *path) {
+static int hsm_resolve(const char *path, void *fns[3]) {
 	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
 	if (h == NULL) {
-		return NULL;
+		return 0;
 	}
-	void *enc = NULL;
+	int ok = 0;
 	hsm_get_function_list get = (hsm_get_function_list)dlsym(h, "C_GetFunctionList");
 	struct hsm_function_list *fl = NULL;
 	if (get != NULL && get(&fl) == 0 && fl != NULL && (fl->major == 2 || fl->major == 3) && fl->fn[3] == (void *)get) {
-		enc = fl->fn[30];
+		fns[0] = fl->fn[30];
+		fns[1] = fl->fn[34];
+		fns[2] = fl->fn[43];
+		ok = 1;
 	}
 	dlclose(h);
-	return enc;
+	return ok;
 }
 
-static hsm_ulong hsm_call_encrypt(void *fn, hsm_ulong session, unsigned char *in, hsm_ulong inlen, unsigned char *out, hsm_ulong *outlen) {
-	return ((hsm_encrypt)fn)(session, in, inlen, out, outlen);
+static hsm_ulong hsm_call(void *fn, hsm_ulong session, unsigned char *in, hsm_ulong inlen, unsigned char *out, hsm_ulong *outlen) {
+	return ((hsm_single_part)fn)(session, in, inlen, out, outlen);
 }
 */
 import "C"
@@ -53,34 +60,58 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// directEncrypt is the module's C_Encrypt, called with a caller-sized
-// output buffer so that a ciphertext is written straight into memory of
-// the caller's choosing. miekg/pkcs11's Encrypt asks the module for the
-// length first, then copies the answer out of C memory into a slice of its
-// own; this saves one call into the module and one copy of the data. nil
-// when the module's function list could not be read (the miekg/pkcs11
-// path serves then).
-type directEncrypt struct{ fn unsafe.Pointer }
+// directCall is one of the module's single-part functions (C_Encrypt,
+// C_Decrypt, C_Sign), called with an output buffer this package sizes. For
+// each of them miekg/pkcs11 asks the module for the length first, has C
+// allocate that much, calls again, copies the answer into a slice of its
+// own and frees the C memory: three crossings into C and two calls into
+// the module where this makes one and one, and an encryption can land in
+// memory of the caller's choosing. fn is nil when the module's function
+// list could not be read; miekg/pkcs11 serves then.
+type directCall struct{ fn unsafe.Pointer }
 
-func resolveEncrypt(path string) directEncrypt {
+// directCalls are a module's resolved single-part functions.
+type directCalls struct{ encrypt, decrypt, sign directCall }
+
+func resolveDirect(path string) directCalls {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	return directEncrypt{fn: C.hsm_resolve_encrypt(cpath)}
+	var fns [3]unsafe.Pointer
+	if C.hsm_resolve(cpath, &fns[0]) == 0 {
+		return directCalls{}
+	}
+	return directCalls{encrypt: directCall{fns[0]}, decrypt: directCall{fns[1]}, sign: directCall{fns[2]}}
 }
 
-// encrypt runs C_Encrypt of the operation initialized on session h over
-// in, writing into out, and returns how many bytes it wrote. out must be
-// non-empty; a module that needs more room answers CKR_BUFFER_TOO_SMALL
-// and keeps the operation active, as PKCS#11 says.
-func (d directEncrypt) encrypt(h pkcs11.SessionHandle, in, out []byte) (int, error) {
-	n := C.hsm_ulong(len(out))
-	var inp *C.uchar
+// stub stands in for an empty input: a module may refuse a NULL pointer
+// even with a zero length, and &in[0] does not exist then.
+var stub [1]byte
+
+// into finishes the single-part operation initialized on session h over
+// in, writing into out, and returns how many bytes it wrote. done is
+// false, with no error, when d is not resolved, out is empty, or the
+// module needs more room than out has; the operation is then still active
+// (PKCS#11 keeps it on CKR_BUFFER_TOO_SMALL), and miekg/pkcs11 finishes
+// it.
+func (d directCall) into(h pkcs11.SessionHandle, in, out []byte) (n int, done bool, err error) {
+	if d.fn == nil || len(out) == 0 {
+		return 0, false, nil
+	}
+	inp := &stub[0]
 	if len(in) > 0 {
-		inp = (*C.uchar)(unsafe.Pointer(&in[0]))
+		inp = &in[0]
 	}
-	rv := C.hsm_call_encrypt(d.fn, C.hsm_ulong(h), inp, C.hsm_ulong(len(in)), (*C.uchar)(unsafe.Pointer(&out[0])), &n)
-	if rv != 0 {
-		return 0, pkcs11.Error(rv)
+	room := C.hsm_ulong(len(out))
+	rv := C.hsm_call(d.fn, C.hsm_ulong(h), (*C.uchar)(unsafe.Pointer(inp)), C.hsm_ulong(len(in)), (*C.uchar)(unsafe.Pointer(&out[0])), &room)
+	switch {
+	case rv == pkcs11.CKR_OK:
+		if int(room) > len(out) {
+			return 0, true, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR) // a module that wrote past out
+		}
+		return int(room), true, nil
+	case rv == pkcs11.CKR_BUFFER_TOO_SMALL:
+		return 0, false, nil
+	default:
+		return 0, true, pkcs11.Error(rv)
 	}
-	return int(n), nil
 }

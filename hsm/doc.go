@@ -5,11 +5,13 @@
 // errors that keep the PKCS#11 return value and say whose fault they are.
 //
 // It is the only package of hsmkms that imports github.com/miekg/pkcs11,
-// and it calls a module directly in one place: AES-GCM encryption calls
-// the module's C_Encrypt (from its function list) with an output buffer
-// of the caller's choosing, so that AppendEncryptGCM writes a ciphertext
-// into the caller's memory, where miekg/pkcs11 would ask for the length,
-// then allocate and copy (direct.go).
+// and it calls a module directly in one place: the single-part C_Encrypt,
+// C_Decrypt and C_Sign of AES-GCM, signatures and MACs are taken from the
+// module's function list and called with an output buffer sized here, where
+// miekg/pkcs11 would ask the module for the length, allocate in C, call
+// again and copy (direct.go). AppendEncryptGCM writes a ciphertext straight
+// into the caller's memory that way. A module that needs more room than
+// the mechanism says is finished through miekg/pkcs11.
 //
 // # Opening a token
 //

@@ -21,15 +21,32 @@ func Generation(t *Token) uint64 {
 // CachedKeys returns how many keys have cached handles.
 func CachedKeys(t *Token) int { return t.keys.len() }
 
-// DirectEncrypt reports whether the token calls the module's C_Encrypt
-// itself (see direct.go), and with off set to true turns that off for
-// every token on the module, returning a function that restores it.
-func DirectEncrypt(t *Token, off bool) (on bool, restore func()) {
-	saved := t.mod.encrypt
+// Direct reports whether the token calls the module's C_Encrypt, C_Decrypt
+// and C_Sign itself (see direct.go), and with off set to true turns that
+// off for every token on the module, returning a function that restores
+// it.
+func Direct(t *Token, off bool) (on bool, restore func()) {
+	saved := t.mod.direct
 	if off {
-		t.mod.encrypt = directEncrypt{}
+		t.mod.direct = directCalls{}
 	}
-	return saved.fn != nil, func() { t.mod.encrypt = saved }
+	on = saved.encrypt.fn != nil && saved.decrypt.fn != nil && saved.sign.fn != nil
+	return on, func() { t.mod.direct = saved }
+}
+
+// MACIntoRoom computes an HMAC-SHA256 under key id, finishing the
+// signature through signOut with room bytes of output: it shows what a
+// module asking for more room than given leads to.
+func MACIntoRoom(ctx context.Context, t *Token, id KeyID, msg []byte, room int) (mac []byte, err error) {
+	err = t.withKey(ctx, OpMAC, id, func(s *session, e *keyEntry) error {
+		if err := t.mod.ctx.SignInit(s.h, mech(pkcs11.CKM_SHA256_HMAC, nil), e.priv); err != nil {
+			return err
+		}
+		var err error
+		mac, err = t.signOut(s, msg, room)
+		return err
+	})
+	return mac, err
 }
 
 // EncryptIntoRoom starts an AES-GCM encryption under key id and finishes

@@ -88,6 +88,18 @@ type specInfo struct {
 	curve   asn1.ObjectIdentifier
 }
 
+// sigSize is the length of the spec's signatures: the modulus for RSA,
+// r||s for ECDSA; 0 for other keys.
+func (si specInfo) sigSize() int {
+	switch si.keyType {
+	case pkcs11.CKK_RSA:
+		return (si.bits + 7) / 8
+	case pkcs11.CKK_EC:
+		return 2 * ((si.bits + 7) / 8)
+	}
+	return 0
+}
+
 var specs = map[KeySpec]specInfo{
 	AES128:      {pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES, 128, nil},
 	AES256:      {pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES, 256, nil},

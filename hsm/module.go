@@ -17,10 +17,10 @@ var modules = struct {
 }{byPath: map[string]*module{}}
 
 type module struct {
-	path    string
-	ctx     *pkcs11.Ctx
-	encrypt directEncrypt // fn nil: use ctx.Encrypt
-	refs    int           // guarded by modules.Mutex
+	path   string
+	ctx    *pkcs11.Ctx
+	direct directCalls // a nil fn: use ctx's function
+	refs   int         // guarded by modules.Mutex
 
 	mu sync.Mutex // serializes (re)initialization
 }
@@ -39,7 +39,7 @@ func acquireModule(path string) (*module, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: cannot load PKCS#11 module %q", ErrInvalidInput, path)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, encrypt: resolveEncrypt(path)}
+	m := &module{path: path, ctx: ctx, refs: 1, direct: resolveDirect(path)}
 	modules.byPath[path] = m
 	return m, nil
 }

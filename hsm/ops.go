@@ -102,22 +102,9 @@ func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, 
 // encryptInto finishes the encryption initialized on s, writing exactly
 // len(out) bytes of ciphertext into out.
 func (t *Token) encryptInto(s *session, plaintext, out []byte) error {
-	var got int
-	done := false
-	if t.mod.encrypt.fn != nil {
-		var err error
-		got, err = t.mod.encrypt.encrypt(s.h, plaintext, out)
-		c, ok := asCKR(err)
-		switch {
-		case err == nil:
-			done = true
-		case ok && c == CKR(pkcs11.CKR_BUFFER_TOO_SMALL):
-			// The module wants more room than GCM's output needs; the
-			// operation is still active, and miekg/pkcs11 asks for the
-			// length first.
-		default:
-			return err
-		}
+	got, done, err := t.mod.direct.encrypt.into(s.h, plaintext, out)
+	if err != nil {
+		return err
 	}
 	if !done {
 		ct, err := t.mod.ctx.Encrypt(s.h, plaintext)
@@ -131,6 +118,20 @@ func (t *Token) encryptInto(s *session, plaintext, out []byte) error {
 		return fmt.Errorf("%w: AES-GCM gave %d bytes of ciphertext for %d of plaintext", ErrUnsupported, got, len(plaintext))
 	}
 	return nil
+}
+
+// signOut finishes the signature initialized on s over data, which is n
+// bytes long when the module answers as the mechanism says.
+func (t *Token) signOut(s *session, data []byte, n int) ([]byte, error) {
+	out := make([]byte, n)
+	got, done, err := t.mod.direct.sign.into(s.h, data, out)
+	if err != nil {
+		return nil, err
+	}
+	if !done {
+		return t.mod.ctx.Sign(s.h, data)
+	}
+	return out[:got], nil
 }
 
 // DecryptGCM decrypts and authenticates an AES-GCM ciphertext (tag
@@ -154,11 +155,18 @@ func (t *Token) DecryptGCM(ctx context.Context, id KeyID, iv, ciphertext, aad []
 		if err := t.mod.ctx.DecryptInit(s.h, mech(pkcs11.CKM_AES_GCM, params), e.priv); err != nil {
 			return keyErr(err)
 		}
-		out, err := t.mod.ctx.Decrypt(s.h, ciphertext)
+		// GCM's plaintext is the ciphertext less its tag; modules ask
+		// for up to the ciphertext's length.
+		out := make([]byte, len(ciphertext))
+		n, done, err := t.mod.direct.decrypt.into(s.h, ciphertext, out)
+		if !done && err == nil {
+			out, err = t.mod.ctx.Decrypt(s.h, ciphertext)
+			n = len(out)
+		}
 		if err != nil {
 			return t.decryptErr(err)
 		}
-		plaintext = out
+		plaintext = out[:n:n]
 		return nil
 	})
 	if err != nil {
@@ -350,7 +358,7 @@ func (t *Token) Sign(ctx context.Context, id KeyID, sc SigningScheme, h crypto.H
 		if err := t.mod.ctx.SignInit(s.h, m, e.priv); err != nil {
 			return keyErr(err)
 		}
-		raw, err := t.mod.ctx.Sign(s.h, data)
+		raw, err := t.signOut(s, data, si.sigSize())
 		if err != nil {
 			return err
 		}
@@ -488,7 +496,7 @@ func (t *Token) MAC(ctx context.Context, id KeyID, h crypto.Hash, msg []byte) ([
 		if err := t.mod.ctx.SignInit(s.h, m, e.priv); err != nil {
 			return keyErr(err)
 		}
-		mac, err = t.mod.ctx.Sign(s.h, msg)
+		mac, err = t.signOut(s, msg, h.Size())
 		return err
 	})
 	if err != nil {

@@ -168,7 +168,7 @@ func TestAppendEncryptGCM(t *testing.T) {
 	iv := bytes.Repeat([]byte{9}, hsm.GCMIVSize)
 	prefix := []byte("header")
 
-	direct, restore := hsm.DirectEncrypt(tok, false)
+	direct, restore := hsm.Direct(tok, false)
 	restore()
 	require.True(t, direct, "SoftHSM's function list should be readable")
 
@@ -192,7 +192,7 @@ func TestAppendEncryptGCM(t *testing.T) {
 	assert.Equal(t, []byte("header"), prefix)
 
 	// miekg/pkcs11's path gives the same bytes.
-	_, restore = hsm.DirectEncrypt(tok, true)
+	_, restore = hsm.Direct(tok, true)
 	ct, _, err := tok.EncryptGCM(ctx, "app", iv, msg, []byte("aad"))
 	restore()
 	require.NoError(t, err)
@@ -214,6 +214,93 @@ func TestAppendEncryptGCM(t *testing.T) {
 	assert.ErrorIs(t, err, hsm.ErrInvalidInput)
 	_, _, err = tok.AppendEncryptGCM(ctx, dst, "missing", iv, msg, nil)
 	assert.ErrorIs(t, err, hsm.ErrKeyNotFound)
+}
+
+// TestDirectCallsMatchMiekg: decryption, signatures and MACs through the
+// module's own C_Decrypt and C_Sign (direct.go, output buffers sized here)
+// give what miekg/pkcs11's path gives, failures included, for every
+// signature size; and a module that needs more room than it is given is
+// finished through miekg/pkcs11 on the same operation.
+func TestDirectCallsMatchMiekg(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	ecs := map[hsm.KeyID]crypto.Hash{"p256": crypto.SHA256, "p384": crypto.SHA384, "p521": crypto.SHA512}
+	for id, spec := range map[hsm.KeyID]hsm.KeySpec{
+		"aes": hsm.AES128, "rsa": hsm.RSA2048, "mac": hsm.HMAC512,
+		"p256": hsm.ECP256, "p384": hsm.ECP384, "p521": hsm.ECP521,
+	} {
+		_, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		require.NoError(t, err, id)
+	}
+	on, restore := hsm.Direct(tok, false)
+	restore()
+	require.True(t, on, "SoftHSM's function list should be readable")
+
+	msg := []byte("through the function list or through miekg/pkcs11")
+	ct, iv, err := tok.EncryptGCM(ctx, "aes", nil, msg, []byte("aad"))
+	require.NoError(t, err)
+	type results struct {
+		pt, rsa, mac []byte
+		ecdsa        map[hsm.KeyID][]byte
+		badTag       error
+	}
+	run := func() results {
+		var r results
+		var err error
+		r.pt, err = tok.DecryptGCM(ctx, "aes", iv, ct, []byte("aad"))
+		require.NoError(t, err)
+		_, r.badTag = tok.DecryptGCM(ctx, "aes", iv, ct, []byte("other"))
+		d := sha256.Sum256(msg)
+		r.rsa, err = tok.Sign(ctx, "rsa", hsm.PKCS1v15, crypto.SHA256, d[:])
+		require.NoError(t, err)
+		r.mac, err = tok.MAC(ctx, "mac", crypto.SHA512, msg)
+		require.NoError(t, err)
+		r.ecdsa = map[hsm.KeyID][]byte{}
+		for id, h := range ecs {
+			hh := h.New()
+			hh.Write(msg)
+			r.ecdsa[id], err = tok.Sign(ctx, id, hsm.ECDSA, h, hh.Sum(nil))
+			require.NoError(t, err, id)
+		}
+		return r
+	}
+	direct := run()
+	_, restore = hsm.Direct(tok, true)
+	viaMiekg := run()
+	restore()
+
+	assert.Equal(t, msg, direct.pt)
+	assert.Equal(t, viaMiekg.pt, direct.pt)
+	assert.Len(t, direct.pt, cap(direct.pt), "the plaintext should not carry the tag's room")
+	assert.ErrorIs(t, direct.badTag, hsm.ErrDecrypt)
+	assert.Equal(t, viaMiekg.badTag.Error(), direct.badTag.Error())
+	assert.Equal(t, viaMiekg.rsa, direct.rsa, "PKCS #1 v1.5 signatures are deterministic")
+	assert.Len(t, direct.rsa, 256)
+	assert.Equal(t, viaMiekg.mac, direct.mac)
+	assert.Len(t, direct.mac, 64)
+	for id, h := range ecs {
+		der, err := tok.PublicKey(ctx, id)
+		require.NoError(t, err)
+		pub, err := x509.ParsePKIXPublicKey(der)
+		require.NoError(t, err)
+		hh := h.New()
+		hh.Write(msg)
+		for way, sig := range map[string][]byte{"direct": direct.ecdsa[id], "miekg": viaMiekg.ecdsa[id]} {
+			assert.True(t, ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), hh.Sum(nil), sig), "%s %s", id, way)
+		}
+	}
+
+	// Less room than an HMAC-SHA256 (or none): SoftHSM answers
+	// CKR_BUFFER_TOO_SMALL and keeps the operation, which miekg/pkcs11
+	// then finishes.
+	want, err := tok.MAC(ctx, "mac", crypto.SHA256, msg)
+	require.NoError(t, err)
+	for _, room := range []int{0, 16, 31, 32} {
+		got, err := hsm.MACIntoRoom(ctx, tok, "mac", msg, room)
+		require.NoError(t, err, room)
+		assert.Equal(t, want, got, room)
+	}
+	assert.True(t, tok.Health().Healthy)
 }
 
 // TestVagueFailures: every way a ciphertext, signature or MAC can be wrong
