@@ -435,7 +435,8 @@ func (t *Token) apply(s *session, id KeyID, fn opFunc) error {
 }
 
 // GenerateKey creates a key with the given ID and spec on the token. It
-// fails with ErrKeyExists when the ID is taken.
+// fails with ErrKeyExists when the ID is taken; the public half of a pair
+// whose creation or deletion was cut off does not take it (it is removed).
 func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts KeyOptions) (KeyInfo, error) {
 	if err := errors.Join(id.Validate(), spec.Validate()); err != nil {
 		return KeyInfo{}, t.wrap(OpGenerateKey, err)
@@ -548,8 +549,10 @@ func (t *Token) staged(s *session, create func(onToken bool) (priv, pub pkcs11.O
 			return 0, 0, err
 		}
 	}
-	// The public half first: if the private copy then fails and cannot
-	// be destroyed, what is left on the token holds no secret.
+	// The public half first: if the private copy then fails and the
+	// public copy cannot be destroyed (the session died), what is left on
+	// the token holds no secret, and the next creation under the ID
+	// removes it (see ensureAbsent).
 	onToken := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
 	if sPub != 0 {
 		pub, err = t.mod.ctx.CopyObject(s.h, sPub, onToken)
@@ -568,18 +571,43 @@ func (t *Token) staged(s *session, create func(onToken bool) (priv, pub pkcs11.O
 	return priv, pub, nil
 }
 
-// ensureAbsent fails with ErrKeyExists when an object with CKA_ID id exists.
+// ensureAbsent fails with ErrKeyExists when an object with CKA_ID id
+// exists. The one exception is what an interrupted creation or deletion
+// leaves behind: the public half of a key pair this library made, without
+// its private half. Pairs are created public half first and destroyed
+// private half first, so a call cut off in between (a session or module
+// that died, a late abandoned worker) leaves at most that, and nothing
+// can use it; it is destroyed here, so that the retry is not refused.
+// A complete key, a lone private or secret key, or any object of another
+// label (a trusted transport key, or one this library did not make) is
+// never touched.
 func (t *Token) ensureAbsent(s *session, id KeyID) error {
 	objs, err := t.find(s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id)),
 	})
-	if err != nil {
+	if err != nil || len(objs) == 0 {
 		return err
 	}
-	if len(objs) > 0 {
-		return fmt.Errorf("%w: %s", ErrKeyExists, id)
+	for _, o := range objs {
+		a, err := t.attrs(s, o, pkcs11.CKA_CLASS, pkcs11.CKA_LABEL, pkcs11.CKA_TRUSTED)
+		if err != nil {
+			return err
+		}
+		label := string(a[pkcs11.CKA_LABEL])
+		spec := specFromLabel(label)
+		if bytesToUint(a[pkcs11.CKA_CLASS]) != pkcs11.CKO_PUBLIC_KEY || isTrue(a[pkcs11.CKA_TRUSTED]) ||
+			!spec.Asymmetric() || label != keyLabel(id, spec) {
+			return fmt.Errorf("%w: %s", ErrKeyExists, id)
+		}
 	}
+	for _, o := range objs {
+		if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
+			return err
+		}
+	}
+	t.keys.drop(id)
+	t.log.Warn("hsm: removed the public half of an unfinished key pair", "token", t.cfg.selector(), "key", id)
 	return nil
 }
 
@@ -658,7 +686,24 @@ func (t *Token) DestroyKey(ctx context.Context, id KeyID) error {
 			return ErrKeyNotFound
 		}
 		t.keys.drop(id)
+		// The private or secret half first: a deletion cut off half-way
+		// leaves at most a public half, which holds no secret and which
+		// the next creation under id removes (see ensureAbsent).
+		var pubs []pkcs11.ObjectHandle
 		for _, o := range objs {
+			a, err := t.attrs(s, o, pkcs11.CKA_CLASS)
+			if err != nil {
+				return err
+			}
+			if bytesToUint(a[pkcs11.CKA_CLASS]) == pkcs11.CKO_PUBLIC_KEY {
+				pubs = append(pubs, o)
+				continue
+			}
+			if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
+				return err
+			}
+		}
+		for _, o := range pubs {
 			if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
 				return err
 			}

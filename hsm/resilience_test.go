@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"runtime"
@@ -713,5 +716,87 @@ func TestLastSessionClosedLogsOut(t *testing.T) {
 		waitFor(t, func() bool { return m.Faults.InFlight() == 0 })
 		_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil)
 		require.NoError(t, err)
+	}
+}
+
+// TestUnfinishedPairIsCleared: the public half of a key pair whose
+// private half is gone, as a creation or deletion cut off half-way leaves
+// it, does not hold its ID: the next creation under the ID removes it and
+// succeeds. Anything else under the ID still refuses a creation and is
+// left alone: a lone private half, or a public key of another label. The
+// leftovers are made here with a second PKCS#11 client on the member's
+// library instance.
+func TestUnfinishedPairIsCleared(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+
+	p := pkcs11.New(m.LibPath)
+	require.NotNil(t, p)
+	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		require.NoError(t, err)
+	}
+	s, err := p.OpenSession(tok.Info().Slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.CloseSession(s) })
+	find := func(id string, class ...uint) []pkcs11.ObjectHandle {
+		tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id))}
+		for _, c := range class {
+			tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, c))
+		}
+		require.NoError(t, p.FindObjectsInit(s, tmpl))
+		objs, _, err := p.FindObjects(s, 10)
+		require.NoError(t, err)
+		require.NoError(t, p.FindObjectsFinal(s))
+		return objs
+	}
+	destroy := func(id string, class uint) {
+		objs := find(id, class)
+		require.Len(t, objs, 1)
+		require.NoError(t, p.DestroyObject(s, objs[0]))
+	}
+
+	// A lone public half: removed, and the new pair (of another spec)
+	// is whole and works.
+	_, err = tok.GenerateKey(ctx, "pair", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	destroy("pair", pkcs11.CKO_PRIVATE_KEY)
+	_, err = tok.GenerateKey(ctx, "pair", hsm.ECP384, hsm.KeyOptions{})
+	require.NoError(t, err, "the unfinished pair's public half should have been removed")
+	assert.Len(t, find("pair", pkcs11.CKO_PUBLIC_KEY), 1)
+	assert.Len(t, find("pair", pkcs11.CKO_PRIVATE_KEY), 1)
+	der, err := tok.PublicKey(ctx, "pair")
+	require.NoError(t, err)
+	pub, err := x509.ParsePKIXPublicKey(der)
+	require.NoError(t, err)
+	digest := sha512.Sum384([]byte("whole again"))
+	sig, err := tok.Sign(ctx, "pair", hsm.ECDSA, crypto.SHA384, digest[:])
+	require.NoError(t, err)
+	assert.True(t, ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest[:], sig))
+
+	// A lone private half: refused, and kept.
+	_, err = tok.GenerateKey(ctx, "lonely", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	destroy("lonely", pkcs11.CKO_PUBLIC_KEY)
+	_, err = tok.GenerateKey(ctx, "lonely", hsm.ECP256, hsm.KeyOptions{})
+	assert.ErrorIs(t, err, hsm.ErrKeyExists)
+	assert.Len(t, find("lonely"), 1)
+
+	// A public key under the ID with a label this library did not give
+	// it (a transport key's ":public" one, or another application's):
+	// refused, and kept.
+	for _, label := range []string{"hsmkms:EC_P256:foreign:public", "someone else's"} {
+		objs := find("pair", pkcs11.CKO_PUBLIC_KEY)
+		require.Len(t, objs, 1)
+		_, err := p.CopyObject(s, objs[0], []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte("foreign")),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		})
+		require.NoError(t, err)
+		_, err = tok.GenerateKey(ctx, "foreign", hsm.ECP256, hsm.KeyOptions{})
+		assert.ErrorIs(t, err, hsm.ErrKeyExists, label)
+		assert.Len(t, find("foreign"), 1, label)
+		destroy("foreign", pkcs11.CKO_PUBLIC_KEY)
 	}
 }
