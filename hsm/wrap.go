@@ -168,18 +168,6 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 			}
 		}
 		priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
-			if req.Spec.Asymmetric() && !derive {
-				// The public half first, as staged copies them: a call cut
-				// off in between leaves no lone private half.
-				if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pubT, pkcs11.CKA_TOKEN, onToken)); err != nil {
-					return 0, 0, err
-				}
-				if priv, err = t.unwrap(s, wk, req, setAttr(privT, pkcs11.CKA_TOKEN, onToken)); err != nil {
-					_ = t.mod.ctx.DestroyObject(s.h, pub)
-					return 0, 0, err
-				}
-				return priv, pub, nil
-			}
 			priv, err = t.unwrap(s, wk, req, setAttr(privT, pkcs11.CKA_TOKEN, onToken))
 			if err != nil || !req.Spec.Asymmetric() {
 				return priv, 0, err
