@@ -105,8 +105,11 @@ func (d directCall) into(h pkcs11.SessionHandle, in, out []byte) (n int, done bo
 	rv := C.hsm_call(d.fn, C.hsm_ulong(h), (*C.uchar)(unsafe.Pointer(inp)), C.hsm_ulong(len(in)), (*C.uchar)(unsafe.Pointer(&out[0])), &room)
 	switch {
 	case rv == pkcs11.CKR_OK:
-		if int(room) > len(out) {
-			return 0, true, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR) // a module that wrote past out
+		if room > C.hsm_ulong(len(out)) {
+			// A module that claims to have written more than out holds
+			// is broken; if it did write that much, the memory past out
+			// is damaged already, and all this can do is not read it.
+			return 0, true, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)
 		}
 		return int(room), true, nil
 	case rv == pkcs11.CKR_BUFFER_TOO_SMALL:

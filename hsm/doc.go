@@ -83,8 +83,9 @@
 // CKR_USER_NOT_LOGGED_IN logs in again. The failed call is retried once.
 //
 // Close waits for in-flight calls and is idempotent; calls made while it
-// waits return ErrClosed at once. A call without any bound (above) that
-// hangs in the module keeps Close waiting with it.
+// waits, and calls still waiting for a session, return ErrClosed at once.
+// A call without any bound (above) that hangs in the module keeps Close
+// waiting with it.
 //
 // # Errors
 //

@@ -574,13 +574,12 @@ func (t *Token) staged(s *session, create func(onToken bool) (priv, pub pkcs11.O
 // ensureAbsent fails with ErrKeyExists when an object with CKA_ID id
 // exists. The one exception is what an interrupted creation or deletion
 // leaves behind: the public half of a key pair this library made, without
-// its private half. Pairs are created public half first and destroyed
-// private half first, so a call cut off in between (a session or module
-// that died, a late abandoned worker) leaves at most that, and nothing
-// can use it; it is destroyed here, so that the retry is not refused.
-// A complete key, a lone private or secret key, or any object of another
-// label (a trusted transport key, or one this library did not make) is
-// never touched.
+// its private half. Pairs are copied to the token public half first and
+// destroyed private half first, so a call cut off in between (a session
+// or module that died) leaves at most that, and nothing can use it; it is
+// destroyed here, so that the retry is not refused. A complete key, a
+// lone private or secret key, or any object of another label (a trusted
+// transport key, or one this library did not make) is never touched.
 func (t *Token) ensureAbsent(s *session, id KeyID) error {
 	objs, err := t.find(s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
@@ -589,6 +588,7 @@ func (t *Token) ensureAbsent(s *session, id KeyID) error {
 	if err != nil || len(objs) == 0 {
 		return err
 	}
+	exists := fmt.Errorf("%w: %s", ErrKeyExists, id)
 	for _, o := range objs {
 		a, err := t.attrs(s, o, pkcs11.CKA_CLASS, pkcs11.CKA_LABEL, pkcs11.CKA_TRUSTED)
 		if err != nil {
@@ -598,8 +598,28 @@ func (t *Token) ensureAbsent(s *session, id KeyID) error {
 		spec := specFromLabel(label)
 		if bytesToUint(a[pkcs11.CKA_CLASS]) != pkcs11.CKO_PUBLIC_KEY || isTrue(a[pkcs11.CKA_TRUSTED]) ||
 			!spec.Asymmetric() || label != keyLabel(id, spec) {
-			return fmt.Errorf("%w: %s", ErrKeyExists, id)
+			return exists
 		}
+	}
+	// Private objects are visible to the user only: while the application
+	// is logged out, or logged in as the SO (another Token's
+	// administrative call), a complete pair shows only its public half.
+	// The private half counts as gone only if a search for it, made
+	// between two looks at the session that both find the user logged
+	// in, finds nothing.
+	if !t.userLoggedIn(s) {
+		return exists
+	}
+	privs, err := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id)),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+	})
+	if err != nil {
+		return err
+	}
+	if len(privs) > 0 || !t.userLoggedIn(s) {
+		return exists
 	}
 	for _, o := range objs {
 		if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
@@ -609,6 +629,13 @@ func (t *Token) ensureAbsent(s *session, id KeyID) error {
 	t.keys.drop(id)
 	t.log.Warn("hsm: removed the public half of an unfinished key pair", "token", t.cfg.selector(), "key", id)
 	return nil
+}
+
+// userLoggedIn reports whether session s is in a user state: logged in as
+// the normal user, who sees private objects.
+func (t *Token) userLoggedIn(s *session) bool {
+	si, err := t.mod.ctx.GetSessionInfo(s.h)
+	return err == nil && (si.State == pkcs11.CKS_RW_USER_FUNCTIONS || si.State == pkcs11.CKS_RO_USER_FUNCTIONS)
 }
 
 // templates returns the public and private (or secret) key templates.

@@ -723,7 +723,8 @@ func TestLastSessionClosedLogsOut(t *testing.T) {
 // private half is gone, as a creation or deletion cut off half-way leaves
 // it, does not hold its ID: the next creation under the ID removes it and
 // succeeds. Anything else under the ID still refuses a creation and is
-// left alone: a lone private half, or a public key of another label. The
+// left alone: a lone private half, a public key of another label, or a
+// complete pair whose private half a logged-out session cannot see. The
 // leftovers are made here with a second PKCS#11 client on the member's
 // library instance.
 func TestUnfinishedPairIsCleared(t *testing.T) {
@@ -799,4 +800,101 @@ func TestUnfinishedPairIsCleared(t *testing.T) {
 		assert.Len(t, find("foreign"), 1, label)
 		destroy("foreign", pkcs11.CKO_PUBLIC_KEY)
 	}
+
+	// While the application is logged out (or logged in as the SO), the
+	// token hides private objects, and a complete pair shows only its
+	// public half: refused, and kept whole.
+	_, err = tok.GenerateKey(ctx, "whole", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	require.NoError(t, p.Logout(s)) // the application's login, so the Token's too
+	_, err = tok.GenerateKey(ctx, "whole", hsm.ECP256, hsm.KeyOptions{})
+	assert.ErrorIs(t, err, hsm.ErrKeyExists)
+	require.NoError(t, p.Login(s, pkcs11.CKU_USER, rawPIN(t, m)))
+	assert.Len(t, find("whole", pkcs11.CKO_PUBLIC_KEY), 1)
+	assert.Len(t, find("whole", pkcs11.CKO_PRIVATE_KEY), 1)
+}
+
+// TestCloseDoesNotWaitForQueuedCalls: a call abandoned at its deadline
+// keeps the only session slot while the module hangs; a call without a
+// deadline queues for that slot. Close neither waits for the hung worker
+// nor for the queued call: the queued call gives up with ErrClosed.
+func TestCloseDoesNotWaitForQueuedCalls(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, func(c *hsm.Config) {
+		c.MaxSessions = 1
+		c.CallTimeout = hsm.NoCallTimeout
+	})
+	m.Faults.Hang(hsm.OpRandom)
+	defer m.Faults.Release()
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err := tok.Random(dctx, 8)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	queued := make(chan error, 1)
+	go func() { _, err := tok.Random(ctx, 8); queued <- err }()
+	waitFor(t, func() bool { return goroutinesIn("hsm.(*Token).acquire(") >= 1 })
+	closed := make(chan error, 1)
+	go func() { closed <- tok.Close() }()
+
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for range 2 {
+		select {
+		case err := <-queued:
+			assert.ErrorIs(t, err, hsm.ErrClosed)
+		case err := <-closed:
+			assert.NoError(t, err)
+		case <-timeout.C:
+			t.Fatal("Close waited for a call queued behind a hung worker")
+		}
+	}
+}
+
+// TestPanicInLoginClosesTheSession: a login that panics (in the
+// Interceptor) on the caller's goroutine leaves no session open behind
+// it. The token's only session is lost to CKR_USER_NOT_LOGGED_IN, so the
+// retry opens a new one and logs in, and the login panics. A second
+// PKCS#11 client on the member's library instance then finds no session
+// open; and the token works after the panic.
+func TestPanicInLoginClosesTheSession(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	cfg := m.Config()
+	cfg.CallTimeout = hsm.NoCallTimeout
+	cfg.MaxSessions = 1
+	trap := &panicOnce{op: hsm.OpLogin, next: m.Faults}
+	trap.fired.Store(true) // disarmed while Open logs in
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(trap))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tok.Close()) })
+	_, err = tok.Random(ctx, 8)
+	require.NoError(t, err)
+
+	p := pkcs11.New(m.LibPath)
+	require.NotNil(t, p)
+	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		require.NoError(t, err)
+	}
+	openSessions := func() int { // sessions open in the library instance
+		n := 0
+		for h := range pkcs11.SessionHandle(256) {
+			if _, err := p.GetSessionInfo(h); err == nil {
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, 1, openSessions(), "the pool's one idle session")
+
+	m.Faults.FailNext(hsm.OpRandom, 1, pkcs11.CKR_USER_NOT_LOGGED_IN)
+	trap.fired.Store(false)
+	require.PanicsWithValue(t, "interceptor panics", func() { _, _ = tok.Random(ctx, 8) })
+	assert.Zero(t, openSessions(), "the session whose login panicked should be closed")
+
+	_, err = tok.Random(ctx, 8)
+	require.NoError(t, err)
+	assert.Equal(t, 1, openSessions())
 }

@@ -30,6 +30,12 @@ type Token struct {
 	// call without a deadline may keep waiting indefinitely.
 	closeMu sync.RWMutex
 	closed  atomic.Bool // set under closeMu; Health reads it without
+	// closing is closed when Close begins: calls waiting for a session
+	// slot or for old sessions give up with ErrClosed, so that Close does
+	// not wait on them (a call without a deadline may otherwise wait for
+	// a slot that a worker stuck in the module holds for ever).
+	closing     chan struct{}
+	closingOnce sync.Once
 
 	soSem chan struct{} // one slot: administrative calls run one at a time
 
@@ -95,11 +101,12 @@ func Open(ctx context.Context, cfg Config, opt ...Option) (*Token, error) {
 		f(&o)
 	}
 	t := &Token{
-		cfg:   cfg,
-		opts:  o,
-		log:   o.logger,
-		sem:   make(chan struct{}, cfg.MaxSessions),
-		soSem: make(chan struct{}, 1),
+		cfg:     cfg,
+		opts:    o,
+		log:     o.logger,
+		sem:     make(chan struct{}, cfg.MaxSessions),
+		soSem:   make(chan struct{}, 1),
+		closing: make(chan struct{}),
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -232,10 +239,12 @@ func (t *Token) Probe(ctx context.Context) error {
 
 // Close waits for in-flight calls to return, closes the sessions and
 // releases the module; the last Token of a module finalizes it. Close is
-// idempotent; calls made while it waits, and after it, return ErrClosed.
+// idempotent; calls made while it waits, and after it, and calls still
+// waiting for a session slot, return ErrClosed.
 // With NoCallTimeout, a call without a deadline that hangs in the module
 // keeps Close waiting until the module answers.
 func (t *Token) Close() error {
+	t.closingOnce.Do(func() { close(t.closing) })
 	t.closeMu.Lock()
 	if t.closed.Load() {
 		t.closeMu.Unlock()
@@ -337,22 +346,30 @@ func (t *Token) lockSO(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return t.ctxErr(ctx)
+	case <-t.closing:
+		return ErrClosed
 	}
 }
 
-// acquire takes n session slots, waiting honours ctx.
+// acquire takes n session slots; waiting honours ctx and Close.
 func (t *Token) acquire(ctx context.Context, n int) error {
 	for i := 0; i < n; i++ {
 		select {
 		case t.sem <- struct{}{}:
 		default:
+			var err error
 			select {
 			case t.sem <- struct{}{}:
 			case <-ctx.Done():
+				err = t.ctxErr(ctx)
+			case <-t.closing:
+				err = ErrClosed
+			}
+			if err != nil {
 				for ; i > 0; i-- {
 					<-t.sem
 				}
-				return t.ctxErr(ctx)
+				return err
 			}
 		}
 	}
@@ -553,6 +570,8 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 		case <-ch:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-t.closing:
+			return nil, ErrClosed
 		}
 		t.mu.Lock()
 	}
@@ -582,7 +601,17 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 	}
 	s := &session{h: h, gen: gen}
 	if !loggedIn {
-		if err := t.login(ctx, s); err != nil {
+		returned := false
+		defer func() {
+			if !returned {
+				// The login panicked (in an Interceptor): the session is
+				// nobody's, so it is closed as the panic goes on.
+				_ = t.mod.ctx.CloseSession(h)
+			}
+		}()
+		err := t.login(ctx, s)
+		returned = true
+		if err != nil {
 			_ = t.intercept(ctx, OpOpen, func() error { return t.mod.ctx.CloseSession(h) })
 			return nil, err
 		}
