@@ -133,17 +133,22 @@ func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin
 	if err := t.lockSO(ctx); err != nil {
 		return t.wrap(OpMarkTrusted, err)
 	}
-	defer func() { <-t.soSem }()
 	n := cap(t.sem)
 	if err := t.acquire(ctx, n); err != nil {
+		<-t.soSem
 		return t.wrap(OpMarkTrusted, err)
 	}
-	defer func() {
-		for i := 1; i < n; i++ { // run releases the slot its worker holds
+	// The worker gives every slot and the administrative slot back when it
+	// is done, not when the caller returns: a call abandoned at its
+	// deadline may still be logged in as the SO, and no other call may
+	// run until it has logged the user back in.
+	release := func() {
+		for i := 1; i < n; i++ { // the worker's own slot is released by run
 			<-t.sem
 		}
-	}()
-	err := t.run(ctx, OpMarkTrusted, "", func(s *session, _ *keyEntry) error {
+		<-t.soSem
+	}
+	err := t.runThen(ctx, OpMarkTrusted, "", func(s *session, _ *keyEntry) error {
 		state := "user"
 		soLogin := func() error {
 			if err := t.mod.ctx.Logout(s.h); err != nil {
@@ -176,7 +181,7 @@ func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin
 		}
 		err := fn(s, soLogin, userLogin)
 		return errors.Join(err, userLogin())
-	})
+	}, release)
 	t.keys.clear()
 	return err
 }

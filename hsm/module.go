@@ -21,6 +21,11 @@ type module struct {
 	ctx    *pkcs11.Ctx
 	direct directCalls // a nil fn: use ctx's function
 	refs   int         // guarded by modules.Mutex
+	// released is closed once the last reference's C_Finalize is over;
+	// until then the module stays in modules.byPath with refs 0, and a
+	// Token opening the same path waits, so that the finalize never runs
+	// under the new Token's calls (both would use one library instance).
+	released chan struct{}
 
 	mu sync.Mutex // serializes (re)initialization
 }
@@ -31,15 +36,24 @@ type module struct {
 func acquireModule(path string) (*module, error) {
 	modules.Lock()
 	defer modules.Unlock()
-	if m, ok := modules.byPath[path]; ok {
-		m.refs++
-		return m, nil
+	for {
+		m, ok := modules.byPath[path]
+		if !ok {
+			break
+		}
+		if m.refs > 0 {
+			m.refs++
+			return m, nil
+		}
+		modules.Unlock() // the last Token is finalizing it
+		<-m.released
+		modules.Lock()
 	}
 	ctx := pkcs11.New(path)
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: cannot load PKCS#11 module %q", ErrInvalidInput, path)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, direct: resolveDirect(path)}
+	m := &module{path: path, ctx: ctx, refs: 1, direct: resolveDirect(path), released: make(chan struct{})}
 	modules.byPath[path] = m
 	return m, nil
 }
@@ -64,7 +78,6 @@ func (m *module) release() error {
 		modules.Unlock()
 		return nil
 	}
-	delete(modules.byPath, m.path)
 	modules.Unlock()
 
 	err := m.ctx.Finalize()
@@ -72,6 +85,10 @@ func (m *module) release() error {
 		err = nil
 	}
 	m.ctx.Destroy()
+	modules.Lock()
+	delete(modules.byPath, m.path)
+	modules.Unlock()
+	close(m.released)
 	if err != nil {
 		return errors.Join(fmt.Errorf("finalize %s", m.path), err)
 	}

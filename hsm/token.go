@@ -123,7 +123,9 @@ func Open(ctx context.Context, cfg Config, opt ...Option) (*Token, error) {
 	}
 	// Log in now so that a wrong PIN fails Open, not the first call.
 	if err := t.do(ctx, OpLogin, "", func(*session, *keyEntry) error { return nil }); err != nil {
-		_ = mod.release()
+		// As Close: a login worker still stuck in the module (Open's
+		// deadline passed) keeps the module loaded under it.
+		_ = t.Close()
 		return nil, err
 	}
 	return t, nil
@@ -378,11 +380,20 @@ func (t *Token) acquire(ctx context.Context, n int) error {
 
 // run runs fn on a worker that owns one acquired slot and releases it.
 func (t *Token) run(ctx context.Context, op Op, id KeyID, fn opFunc) error {
+	return t.runThen(ctx, op, id, fn, nil)
+}
+
+// runThen is run, with after, if not nil, called by the worker once it is
+// done, also when its caller has returned long before.
+func (t *Token) runThen(ctx context.Context, op Op, id KeyID, fn opFunc, after func()) error {
 	var inCall atomic.Bool
 	done := make(chan error, 1)
 	t.workers.Add(1)
 	go func() {
 		defer t.workers.Done()
+		if after != nil {
+			defer after()
+		}
 		defer func() { <-t.sem }()
 		done <- t.work(ctx, op, id, fn, &inCall)
 	}()
@@ -467,8 +478,8 @@ func (t *Token) work(ctx context.Context, op Op, id KeyID, fn opFunc, inCall *at
 			return err
 		}
 		err = t.attempt(ctx, op, s, id, fn)
+		retry := t.putSession(ctx, s, err) // may close s: still in the module
 		inCall.Store(false)
-		retry := t.putSession(ctx, s, err)
 		if !retry || ctx.Err() != nil {
 			return err
 		}
@@ -485,7 +496,7 @@ func (t *Token) attempt(ctx context.Context, op Op, s *session, id KeyID, fn opF
 	returned := false
 	defer func() {
 		if !returned {
-			t.putSession(ctx, s, errPanicked)
+			t.putSession(ctx, s, errDrop)
 		}
 	}()
 	l := t.lockObjects(op)
@@ -499,8 +510,9 @@ func (t *Token) attempt(ctx context.Context, op Op, s *session, id KeyID, fn opF
 	return err
 }
 
-// errPanicked tells putSession that a call on the session panicked.
-var errPanicked = errors.New("hsm: a call on the session panicked")
+// errDrop tells putSession to drop the session, whose state nobody
+// knows: a call on it panicked, or logging in through it failed.
+var errDrop = errors.New("hsm: session dropped")
 
 // writesObjects reports whether op creates or destroys token objects.
 func writesObjects(op Op) bool {
@@ -560,7 +572,13 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 		s := t.idle[n-1]
 		t.idle = t.idle[:n-1]
 		t.borrowed++
+		loggedIn := t.loggedIn
 		t.mu.Unlock()
+		if !loggedIn { // CKR_USER_NOT_LOGGED_IN was seen: log in again
+			if err := t.ready(ctx, s, false); err != nil {
+				return nil, err
+			}
+		}
 		return s, nil
 	}
 	for t.oldBorrowed > 0 {
@@ -583,8 +601,12 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 			return nil, err
 		}
 	}
+	// The session counts as borrowed from before C_OpenSession on, so that
+	// a new generation started meanwhile waits for it as for any other
+	// (its handle is of the old module instance).
 	t.mu.Lock()
-	gen, slot, loggedIn := t.gen, t.slot, t.loggedIn
+	gen, slot := t.gen, t.slot
+	t.borrowed++
 	t.mu.Unlock()
 
 	var h pkcs11.SessionHandle
@@ -594,38 +616,78 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 		return err
 	})
 	if err != nil {
+		t.mu.Lock()
+		t.unborrow(gen)
+		t.mu.Unlock()
 		if code, ok := asCKR(err); ok && sessionFatal(code) {
 			t.invalidate(gen, "open session: "+code.Error())
 		}
 		return nil, err
 	}
 	s := &session{h: h, gen: gen}
-	if !loggedIn {
-		returned := false
-		defer func() {
-			if !returned {
-				// The login panicked (in an Interceptor): the session is
-				// nobody's, so it is closed as the panic goes on.
-				_ = t.mod.ctx.CloseSession(h)
-			}
-		}()
-		err := t.login(ctx, s)
-		returned = true
+	if err := t.ready(ctx, s, true); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// unborrow uncounts a borrowed session of generation gen. t.mu is held.
+// It reports whether gen is the current generation.
+func (t *Token) unborrow(gen uint64) bool {
+	if gen == t.gen {
+		t.borrowed--
+		return true
+	}
+	t.oldBorrowed--
+	if t.oldBorrowed == 0 && t.drained != nil {
+		close(t.drained)
+		t.drained = nil
+	}
+	return false
+}
+
+// ready logs the application in through the borrowed session s when it
+// must: when the pool knows it is logged out, and, for a new session,
+// when the module says so. The pool's flag can be stale for a new
+// session: another call may have closed the application's last session
+// (which logs it out) while this one was being opened. If logging in
+// fails, or panics in an Interceptor, s is given back and dropped.
+func (t *Token) ready(ctx context.Context, s *session, fresh bool) (err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			t.putSession(ctx, s, errDrop)
+		}
+	}()
+	err = t.logInIfNeeded(ctx, s, fresh)
+	returned = true
+	if err != nil {
+		drop := errDrop
+		if code, ok := asCKR(err); ok && sessionFatal(code) {
+			drop = err // and start a new generation
+		}
+		t.putSession(ctx, s, drop)
+	}
+	return err
+}
+
+func (t *Token) logInIfNeeded(ctx context.Context, s *session, fresh bool) error {
+	t.mu.Lock()
+	loggedIn := t.loggedIn && t.gen == s.gen
+	t.mu.Unlock()
+	if loggedIn && !fresh {
+		return nil
+	}
+	if loggedIn {
+		si, err := t.mod.ctx.GetSessionInfo(s.h)
 		if err != nil {
-			_ = t.intercept(ctx, OpOpen, func() error { return t.mod.ctx.CloseSession(h) })
-			return nil, err
+			return err
+		}
+		if si.State == pkcs11.CKS_RW_USER_FUNCTIONS || si.State == pkcs11.CKS_RO_USER_FUNCTIONS {
+			return nil
 		}
 	}
-	t.mu.Lock()
-	if t.gen != gen {
-		// The generation moved while we opened: this session belongs to
-		// the old one. Count it as old so the barrier waits for it.
-		t.oldBorrowed++
-	} else {
-		t.borrowed++
-	}
-	t.mu.Unlock()
-	return s, nil
+	return t.login(ctx, s)
 }
 
 // login logs the application in as user through session s.
@@ -660,7 +722,7 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 	code, isCKR := asCKR(err)
 	keep := ctx.Err() == nil // an abandoned session is never reused
 	switch {
-	case err == errPanicked:
+	case err == errDrop:
 		keep = false
 	case isCKR && sessionFatal(code):
 		t.invalidate(s.gen, code.Error())
@@ -679,10 +741,9 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 	}
 
 	t.mu.Lock()
-	current := s.gen == t.gen
+	current := t.unborrow(s.gen)
 	lastClosed := false
 	if current {
-		t.borrowed--
 		if keep {
 			t.idle = append(t.idle, s)
 		} else if t.borrowed+len(t.idle) == 0 {
@@ -691,12 +752,6 @@ func (t *Token) putSession(ctx context.Context, s *session, err error) (retry bo
 			// and private object handles may be renumbered.
 			t.loggedIn = false
 			lastClosed = true
-		}
-	} else {
-		t.oldBorrowed--
-		if t.oldBorrowed == 0 && t.drained != nil {
-			close(t.drained)
-			t.drained = nil
 		}
 	}
 	t.mu.Unlock()
@@ -769,13 +824,20 @@ func (t *Token) reconnect(ctx context.Context) error {
 }
 
 // wrap makes err an *Error carrying op, the token and the CKR. An *Error
-// passes through unchanged.
+// passes through, with the operation and the token filled in if it lacks
+// them.
 func (t *Token) wrap(op Op, err error) error {
 	if err == nil {
 		return nil
 	}
 	var e *Error
 	if errors.As(err, &e) {
+		if e.Op == "" {
+			e.Op = op
+		}
+		if e.Token == "" {
+			e.Token = t.cfg.selector()
+		}
 		return err
 	}
 	e = &Error{Op: op, Token: t.cfg.selector(), Err: err}
