@@ -255,3 +255,20 @@ func TestStallInCloseSessionCountsAsStuck(t *testing.T) {
 		t.Fatal("Close waited for a worker stalled in C_CloseSession")
 	}
 }
+
+// TestErrorsNameTheirOperation: an error built deep inside an operation
+// (here the module refusing a key for encryption) still says which
+// operation and which token it comes from.
+func TestErrorsNameTheirOperation(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "signer", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageSign})
+	require.NoError(t, err)
+	_, _, err = tok.EncryptGCM(ctx, "signer", nil, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.ErrWrongKeyType)
+	var he *hsm.Error
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, hsm.OpEncrypt, he.Op)
+	assert.NotEmpty(t, he.Token)
+	assert.NotZero(t, he.Code)
+}
