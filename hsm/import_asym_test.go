@@ -10,10 +10,12 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 )
 
@@ -138,4 +140,77 @@ func TestUnwrapPrivateKey(t *testing.T) {
 	keys, err := tok.ListKeys(ctx)
 	require.NoError(t, err)
 	require.Len(t, keys, 7)
+}
+
+// TestUnwrapPairCheckWithoutSigning: a private key imported with a public
+// key is checked against it even when the pair may not sign: an RSA
+// key's modulus and exponent are compared, an EC key's curve is compared
+// and a session copy of the pair that may sign proves the point. A public
+// key of another pair is ErrInvalidInput and leaves nothing behind; the
+// right one is kept.
+func TestUnwrapPairCheckWithoutSigning(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	wrapPub := importWrappingKey(t, tok)
+	p, s := secondClient(t, m, tok)
+	rsaAES := hsm.Wrapping{Mechanism: hsm.RSAAESKeyWrap, Hash: crypto.SHA1}
+
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	rsaOther, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	p256, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	p256Other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	require.NoError(t, err)
+	spki := func(k crypto.Signer) []byte {
+		der, err := x509.MarshalPKIXPublicKey(k.Public())
+		require.NoError(t, err)
+		return der
+	}
+	wrapped := func(k crypto.Signer) []byte {
+		p8, err := x509.MarshalPKCS8PrivateKey(k)
+		require.NoError(t, err)
+		return rsaAESWrap(t, wrapPub, p8)
+	}
+
+	for _, usage := range []hsm.Usage{hsm.UsageWrap, hsm.UsageEncrypt} {
+		for _, c := range []struct {
+			name      string
+			spec      hsm.KeySpec
+			key, pubk crypto.Signer
+		}{
+			{"rsa-other-public-key", hsm.RSA2048, rsaKey, rsaOther},
+			{"p256-other-public-key", hsm.ECP256, p256, p256Other},
+			{"p384-material-as-p256", hsm.ECP256, p384, p256},
+		} {
+			id := hsm.KeyID(fmt.Sprintf("%s-%d", c.name, usage))
+			_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: rsaAES, Wrapped: wrapped(c.key), ID: id, Spec: c.spec,
+				PublicKey: spki(c.pubk), Options: hsm.KeyOptions{Usage: usage}})
+			require.ErrorIs(t, err, hsm.ErrInvalidInput, "%s, usage %d: a mismatched pair was accepted", c.name, usage)
+			_, err = tok.Describe(ctx, id)
+			require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+		}
+		for _, c := range []struct {
+			name string
+			spec hsm.KeySpec
+			key  crypto.Signer
+		}{{"rsa", hsm.RSA2048, rsaKey}, {"p256", hsm.ECP256, p256}} {
+			id := hsm.KeyID(fmt.Sprintf("%s-%d", c.name, usage))
+			info, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: rsaAES, Wrapped: wrapped(c.key), ID: id, Spec: c.spec,
+				PublicKey: spki(c.key), Options: hsm.KeyOptions{Usage: usage}})
+			require.NoError(t, err, "%s, usage %d", c.name, usage)
+			require.Equal(t, usage, info.Usage)
+			got, err := tok.PublicKey(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, spki(c.key), got)
+		}
+	}
+	require.Empty(t, findObjects(t, p, s, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)), "no session object is left")
+	keys, err := tok.ListKeys(ctx)
+	require.NoError(t, err)
+	require.Len(t, keys, 5, "the wrapping key and the four good imports only")
 }

@@ -695,8 +695,11 @@ func mech(m uint, param any) []*pkcs11.Mechanism {
 	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m, param)}
 }
 
-// DestroyKey destroys every object with the key's ID. It returns
-// ErrKeyNotFound when there is none.
+// DestroyKey destroys the objects this library made for the key's ID:
+// the key, the public half of a pair, a transport key's public key, and
+// the original a cut-off CreateTrustedWrappingKey may leave. Any other
+// object with the same CKA_ID (another application's certificate, say) is
+// left alone. It returns ErrKeyNotFound when there is none of ours.
 func (t *Token) DestroyKey(ctx context.Context, id KeyID) error {
 	if err := id.Validate(); err != nil {
 		return t.wrap(OpDestroyKey, err)
@@ -709,34 +712,46 @@ func (t *Token) DestroyKey(ctx context.Context, id KeyID) error {
 		if err != nil {
 			return err
 		}
-		if len(objs) == 0 {
-			return ErrKeyNotFound
-		}
-		t.keys.drop(id)
 		// The private or secret half first: a deletion cut off half-way
 		// leaves at most a public half, which holds no secret and which
 		// the next creation under id removes (see ensureAbsent).
-		var pubs []pkcs11.ObjectHandle
+		var privs, pubs []pkcs11.ObjectHandle
 		for _, o := range objs {
-			a, err := t.attrs(s, o, pkcs11.CKA_CLASS)
+			a, err := t.attrs(s, o, pkcs11.CKA_CLASS, pkcs11.CKA_LABEL)
 			if err != nil {
 				return err
 			}
-			if bytesToUint(a[pkcs11.CKA_CLASS]) == pkcs11.CKO_PUBLIC_KEY {
+			switch {
+			case !ownLabel(id, string(a[pkcs11.CKA_LABEL])):
+			case bytesToUint(a[pkcs11.CKA_CLASS]) == pkcs11.CKO_PUBLIC_KEY:
 				pubs = append(pubs, o)
-				continue
-			}
-			if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
-				return err
+			default:
+				privs = append(privs, o)
 			}
 		}
-		for _, o := range pubs {
+		if len(privs)+len(pubs) == 0 {
+			return ErrKeyNotFound
+		}
+		t.keys.drop(id)
+		for _, o := range append(privs, pubs...) {
 			if err := t.mod.ctx.DestroyObject(s.h, o); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// ownLabel reports whether label is one this library gives an object of
+// key id: keyLabel's for the spec it records, that with ":public" (a
+// transport key, see ImportTrustedPublicKey), or the pending original's of
+// CreateTrustedWrappingKey.
+func ownLabel(id KeyID, label string) bool {
+	if label == "hsmkms-pending:"+string(id) {
+		return true
+	}
+	spec := specFromLabel(label)
+	return spec != "" && (label == keyLabel(id, spec) || label == keyLabel(id, spec)+":public")
 }
 
 // ListKeys lists the keys this library created on the token (those whose

@@ -28,9 +28,11 @@ const MaxDataSize = 1 << 20
 
 // EncryptGCM encrypts plaintext with AES-GCM under key id, authenticating
 // aad. With a nil iv the IV comes from the token when its profile says it
-// writes its own (CloudHSM), else from crypto/rand. It returns the
-// ciphertext with the 16-byte tag appended, and the IV that was used,
-// which the caller stores beside it.
+// writes its own (CloudHSM), else from crypto/rand. On such a token the IV
+// is always read back from the token, and a caller's IV that the token
+// replaced with its own is ErrUnsupported (the ciphertext is not
+// returned). It returns the ciphertext with the 16-byte tag appended, and
+// the IV that was used, which the caller stores beside it.
 func (t *Token) EncryptGCM(ctx context.Context, id KeyID, iv, plaintext, aad []byte) (ciphertext, ivUsed []byte, err error) {
 	return t.AppendEncryptGCM(ctx, nil, id, iv, plaintext, aad)
 }
@@ -56,7 +58,9 @@ func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, 
 	if err != nil {
 		return nil, nil, t.wrap(OpEncrypt, err)
 	}
-	fromHSM := iv == nil && profile.GCMIVFromHSM
+	// A token that writes its own IV (CloudHSM) may ignore the caller's,
+	// so the IV is read back from the parameters whoever chose it.
+	fromHSM, callerIV := profile.GCMIVFromHSM, iv != nil
 	if iv == nil {
 		iv = make([]byte, GCMIVSize)
 		if !fromHSM {
@@ -86,7 +90,10 @@ func (t *Token) AppendEncryptGCM(ctx context.Context, dst []byte, id KeyID, iv, 
 		used := iv
 		if fromHSM {
 			used = params.IV()
-			if len(used) != GCMIVSize || bytes.Equal(used, make([]byte, GCMIVSize)) {
+			switch {
+			case callerIV && !bytes.Equal(used, iv):
+				return fmt.Errorf("%w: the token chooses its own GCM IV (profile %s); pass a nil IV", ErrUnsupported, profile.Name)
+			case len(used) != GCMIVSize || !callerIV && bytes.Equal(used, make([]byte, GCMIVSize)):
 				return fmt.Errorf("%w: profile %s expects the token to write its GCM IV back, and it did not", ErrUnsupported, profile.Name)
 			}
 		}
@@ -227,8 +234,15 @@ func (t *Token) EncryptOAEP(ctx context.Context, id KeyID, h crypto.Hash, plaint
 	}
 	var out []byte
 	err = t.withKey(ctx, OpEncrypt, id, func(s *session, e *keyEntry) error {
-		if specs[e.info.Spec].keyType != pkcs11.CKK_RSA || !e.hasPb {
+		si := specs[e.info.Spec]
+		if si.keyType != pkcs11.CKK_RSA || !e.hasPb {
 			return fmt.Errorf("%w: %s is not an RSA key pair", ErrWrongKeyType, id)
+		}
+		// RFC 8017 7.1.1: at most k - 2hLen - 2 bytes. Checked here: some
+		// modules (SoftHSM) answer a longer one with CKR_GENERAL_ERROR,
+		// which would count against the member.
+		if max := (si.bits+7)/8 - 2*h.Size() - 2; len(plaintext) > max {
+			return fmt.Errorf("%w: plaintext of %d bytes; RSA-OAEP with %v under %s takes at most %d", ErrInvalidInput, len(plaintext), h, e.info.Spec, max)
 		}
 		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), e.pub); err != nil {
 			return keyErr(err)
@@ -522,13 +536,22 @@ func (t *Token) VerifyMAC(ctx context.Context, id KeyID, h crypto.Hash, msg, mac
 	})
 }
 
+// hmacMechanism checks an HMAC request and returns its mechanism. A hash
+// longer than the key is refused here, as the key's fault
+// (ErrWrongKeyType): RFC 2104 advises against keys shorter than the hash,
+// and tokens refuse them (SoftHSM with a bare CKR_KEY_SIZE_RANGE). A
+// shorter hash is allowed: kmsadapter computes key check values with
+// HMAC-SHA256 under HMAC keys of every size.
 func hmacMechanism(h crypto.Hash, msg []byte, e *keyEntry) ([]*pkcs11.Mechanism, error) {
 	hm, ok := hashMech[h]
+	si := specs[e.info.Spec]
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("%w: hash %v", ErrInvalidInput, h)
-	case specs[e.info.Spec].keyType != pkcs11.CKK_GENERIC_SECRET:
+	case si.keyType != pkcs11.CKK_GENERIC_SECRET:
 		return nil, fmt.Errorf("%w: %s is %s, not an HMAC key", ErrWrongKeyType, e.info.ID, e.info.Spec)
+	case h.Size()*8 > si.bits:
+		return nil, fmt.Errorf("%w: %s is %s, too short for HMAC with %v", ErrWrongKeyType, e.info.ID, e.info.Spec, h)
 	case len(msg) == 0 || len(msg) > MaxDataSize:
 		return nil, fmt.Errorf("%w: message of %d bytes", ErrInvalidInput, len(msg))
 	}

@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -153,6 +155,19 @@ func TestGCMIVModes(t *testing.T) {
 	assert.ErrorIs(t, err, hsm.ErrInvalidInput)
 	_, _, err = ctok.EncryptGCM(ctx, "gcm", iv, make([]byte, 16*1024), nil)
 	assert.NoError(t, err)
+
+	// A caller's IV on that profile: the IV returned is the one read back
+	// from the token (SoftHSM keeps the caller's, so it is that), and the
+	// ciphertext decrypts under it. A token that put its own IV in place
+	// of the caller's would be ErrUnsupported; SoftHSM cannot show that.
+	callerIV := bytes.Repeat([]byte{5}, hsm.GCMIVSize)
+	ct, used, err = ctok.EncryptGCM(ctx, "gcm", callerIV, msg, []byte("aad"))
+	require.NoError(t, err)
+	assert.Equal(t, callerIV, used)
+	assert.NotSame(t, &callerIV[0], &used[0], "the IV returned is the token's copy")
+	pt, err = tok.DecryptGCM(ctx, "gcm", used, ct, []byte("aad"))
+	require.NoError(t, err)
+	assert.Equal(t, msg, pt)
 }
 
 // TestAppendEncryptGCM: the ciphertext lands in dst's spare room when there
@@ -425,6 +440,10 @@ func TestBadInput(t *testing.T) {
 		{"short digest", hsm.ErrInvalidInput, func() error { _, err := tok.Sign(ctx, "ec", hsm.ECDSA, crypto.SHA256, d[:31]); return err }},
 		{"unknown scheme", hsm.ErrInvalidInput, func() error { _, err := tok.Sign(ctx, "ec", hsm.SigningScheme(99), crypto.SHA256, d[:]); return err }},
 		{"empty MAC message", hsm.ErrInvalidInput, func() error { _, err := tok.MAC(ctx, "mac", crypto.SHA256, nil); return err }},
+		{"MAC hash longer than the key", hsm.ErrWrongKeyType, func() error { _, err := tok.MAC(ctx, "mac", crypto.SHA512, []byte("x")); return err }},
+		{"verify MAC hash longer than the key", hsm.ErrWrongKeyType, func() error {
+			return tok.VerifyMAC(ctx, "mac", crypto.SHA384, []byte("x"), make([]byte, 48))
+		}},
 		{"zero random", hsm.ErrInvalidInput, func() error { _, err := tok.Random(ctx, 0); return err }},
 		{"huge random", hsm.ErrInvalidInput, func() error { _, err := tok.Random(ctx, 1<<20); return err }},
 		{"unknown spec", hsm.ErrInvalidInput, func() error { _, err := tok.GenerateKey(ctx, "x", "DES", hsm.KeyOptions{}); return err }},
@@ -490,4 +509,163 @@ func TestErrorFormat(t *testing.T) {
 	assert.Equal(t, hsm.ClassContext, hsm.Classify(context.Canceled))
 	assert.Equal(t, hsm.ClassMember, hsm.Classify(hsm.ErrTimeout))
 	assert.Equal(t, hsm.ClassNone, hsm.Classify(nil))
+}
+
+// TestHMACHashSizes: an HMAC key computes MACs with hashes no longer than
+// itself (a shorter hash is allowed: kmsadapter's key check values use
+// HMAC-SHA256 under every HMAC key), and a longer hash is the key's
+// fault, refused before the token is asked, without a code.
+func TestHMACHashSizes(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "mac256", hsm.HMAC256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	msg := []byte("message")
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA224, crypto.SHA256} {
+		mac, err := tok.MAC(ctx, "mac256", h, msg)
+		require.NoError(t, err, h)
+		require.NoError(t, tok.VerifyMAC(ctx, "mac256", h, msg, mac), h)
+	}
+	for _, h := range []crypto.Hash{crypto.SHA384, crypto.SHA512} {
+		_, err := tok.MAC(ctx, "mac256", h, msg)
+		require.ErrorIs(t, err, hsm.ErrWrongKeyType, h)
+		err2 := tok.VerifyMAC(ctx, "mac256", h, msg, make([]byte, h.Size()))
+		require.ErrorIs(t, err2, hsm.ErrWrongKeyType, h)
+		for _, err := range []error{err, err2} {
+			assert.Equal(t, hsm.ClassCaller, hsm.Classify(err))
+			var he *hsm.Error
+			require.ErrorAs(t, err, &he)
+			assert.Zero(t, he.Code, "refused before the token is asked")
+		}
+	}
+	assert.True(t, tok.Health().Healthy)
+}
+
+// TestOAEPPlaintextLimit: RSA-OAEP takes at most k - 2hLen - 2 bytes
+// (214 under a 2048-bit key with SHA-1); one more is the caller's
+// ErrInvalidInput, refused before the token (SoftHSM would answer
+// CKR_GENERAL_ERROR), and the token stays healthy.
+func TestOAEPPlaintextLimit(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	_, err := tok.GenerateKey(ctx, "rsa", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageEncrypt})
+	require.NoError(t, err)
+	msg := bytes.Repeat([]byte{0xa5}, 256-2*sha1.Size-2)
+	ct, err := tok.EncryptOAEP(ctx, "rsa", crypto.SHA1, msg)
+	require.NoError(t, err)
+	pt, err := tok.DecryptOAEP(ctx, "rsa", crypto.SHA1, ct)
+	require.NoError(t, err)
+	assert.Equal(t, msg, pt)
+	for _, n := range []int{len(msg) + 1, 256, 300} {
+		_, err := tok.EncryptOAEP(ctx, "rsa", crypto.SHA1, make([]byte, n))
+		require.ErrorIs(t, err, hsm.ErrInvalidInput, n)
+		assert.Equal(t, hsm.ClassCaller, hsm.Classify(err), n)
+		var he *hsm.Error
+		require.ErrorAs(t, err, &he)
+		assert.Equal(t, hsm.OpEncrypt, he.Op)
+		assert.Zero(t, he.Code, "refused before the token is asked")
+	}
+	assert.True(t, tok.Health().Healthy)
+}
+
+// secondClient opens a session on tok's slot with a second PKCS#11
+// client on m's library instance, as another application (or another
+// part of this one) sharing the token would. The Token owns the
+// instance, so it is never finalized here.
+func secondClient(t *testing.T, m *softhsmtest.Member, tok *hsm.Token) (*pkcs11.Ctx, pkcs11.SessionHandle) {
+	t.Helper()
+	p := pkcs11.New(m.LibPath)
+	require.NotNil(t, p)
+	t.Cleanup(p.Destroy)
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		require.NoError(t, err)
+	}
+	s, err := p.OpenSession(tok.Info().Slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.CloseSession(s) })
+	return p, s
+}
+
+// findObjects runs one search through a second client.
+func findObjects(t *testing.T, p *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl ...*pkcs11.Attribute) []pkcs11.ObjectHandle {
+	t.Helper()
+	require.NoError(t, p.FindObjectsInit(s, tmpl))
+	objs, _, err := p.FindObjects(s, 100)
+	require.NoError(t, err)
+	require.NoError(t, p.FindObjectsFinal(s))
+	return objs
+}
+
+// TestDestroyKeyLeavesOthersObjects: DestroyKey destroys what this library
+// made under an ID (a key pair's two halves, a transport key's public key,
+// a pending original of CreateTrustedWrappingKey) and nothing else: another
+// application's certificate under the same CKA_ID stays, and when it is
+// all there is, DestroyKey says ErrKeyNotFound, as Describe does.
+func TestDestroyKeyLeavesOthersObjects(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	p, s := secondClient(t, m, tok)
+	byID := func(id string) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id))}
+	}
+	certificate := func(id string) {
+		_, err := p.CreateObject(s, append(byID(id),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE),
+			pkcs11.NewAttribute(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
+			pkcs11.NewAttribute(pkcs11.CKA_SUBJECT, []byte{0x30, 0}),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, "other-app"),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, []byte("someone else's")),
+		))
+		require.NoError(t, err)
+	}
+	isCertificate := func(o pkcs11.ObjectHandle) {
+		a, err := p.GetAttributeValue(s, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+		require.NoError(t, err)
+		assert.Equal(t, "other-app", string(a[0].Value))
+	}
+
+	// Only another application's object under the ID.
+	certificate("shared")
+	_, err := tok.Describe(ctx, "shared")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	err = tok.DestroyKey(ctx, "shared")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	assert.Equal(t, hsm.ClassCaller, hsm.Classify(err))
+	objs := findObjects(t, p, s, byID("shared")...)
+	require.Len(t, objs, 1, "another application's object was destroyed")
+	isCertificate(objs[0])
+
+	// A key pair of ours beside it: both halves go, the certificate stays.
+	_, err = tok.GenerateKey(ctx, "mine", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	certificate("mine")
+	require.Len(t, findObjects(t, p, s, byID("mine")...), 3)
+	require.NoError(t, tok.DestroyKey(ctx, "mine"))
+	objs = findObjects(t, p, s, byID("mine")...)
+	require.Len(t, objs, 1)
+	isCertificate(objs[0])
+	_, err = tok.Describe(ctx, "mine")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	require.ErrorIs(t, tok.DestroyKey(ctx, "mine"), hsm.ErrKeyNotFound)
+
+	// A transport key's public key is ours too.
+	_, err = tok.GenerateKey(ctx, "rsa", hsm.RSA2048, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	spki, err := tok.PublicKey(ctx, "rsa")
+	require.NoError(t, err)
+	require.NoError(t, tok.ImportTrustedPublicKey(ctx, "transport", hsm.RSA2048, spki, m.SOPIN()))
+	require.NoError(t, tok.DestroyKey(ctx, "transport"))
+	assert.Empty(t, findObjects(t, p, s, byID("transport")...))
+
+	// So is the original a cut-off CreateTrustedWrappingKey leaves.
+	_, err = p.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, append(byID("pending"),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, "hsmkms-pending:pending"),
+	))
+	require.NoError(t, err)
+	require.NoError(t, tok.DestroyKey(ctx, "pending"))
+	assert.Empty(t, findObjects(t, p, s, byID("pending")...))
 }

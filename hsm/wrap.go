@@ -5,8 +5,10 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
 
 	"github.com/miekg/pkcs11"
@@ -49,50 +51,93 @@ func (t *Token) WrapKey(ctx context.Context, wrappingKey, id KeyID, w Wrapping) 
 	}
 	var out []byte
 	err := t.do(ctx, OpWrapKey, "", func(s *session, _ *keyEntry) error {
-		wk, err := t.key(s, wrappingKey)
-		if err != nil {
-			return err
-		}
-		k, err := t.key(s, id)
-		if err != nil {
-			return err
-		}
-		if k.priv == 0 {
-			return fmt.Errorf("%w: %s is a public key; there is nothing to wrap", ErrInvalidInput, id)
-		}
-		var m []*pkcs11.Mechanism
-		var wh pkcs11.ObjectHandle
-		switch w.Mechanism {
-		case AESKeyWrapPad:
-			if specs[wk.info.Spec].keyType != pkcs11.CKK_AES {
-				return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
-			}
-			m, wh = mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv
-		case RSAOAEP:
-			if specs[wk.info.Spec].keyType != pkcs11.CKK_RSA || !wk.hasPb {
-				return fmt.Errorf("%w: wrapping key %s is not an RSA public key", ErrWrongKeyType, wrappingKey)
-			}
-			if k.info.Spec.Asymmetric() {
-				return fmt.Errorf("%w: RSA-OAEP wraps secret keys only", ErrInvalidInput)
-			}
-			params, err := t.oaepParams(w.Hash)
-			if err != nil {
-				return err
-			}
-			m, wh = mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.pub
-		default:
-			return fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, w.Mechanism)
-		}
-		out, err = t.mod.ctx.WrapKey(s.h, m, wh, k.priv)
-		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
-			return &Error{Code: c, Err: fmt.Errorf("%w: %s cannot be wrapped under %s (not extractable, or the wrapping key is not trusted)", ErrWrongKeyType, id, wrappingKey)}
-		}
-		return keyErr(err)
+		return t.refreshing([]KeyID{wrappingKey, id}, func() error { return t.wrapKey(s, wrappingKey, id, w, &out) })
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// wrapKey is WrapKey's work on session s.
+func (t *Token) wrapKey(s *session, wrappingKey, id KeyID, w Wrapping, out *[]byte) error {
+	wk, err := t.key(s, wrappingKey)
+	if err != nil {
+		return err
+	}
+	k, err := t.key(s, id)
+	if err != nil {
+		return err
+	}
+	if k.priv == 0 {
+		return fmt.Errorf("%w: %s is a public key; there is nothing to wrap", ErrInvalidInput, id)
+	}
+	var m []*pkcs11.Mechanism
+	var wh pkcs11.ObjectHandle
+	switch w.Mechanism {
+	case AESKeyWrapPad:
+		if specs[wk.info.Spec].keyType != pkcs11.CKK_AES {
+			return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
+		}
+		m, wh = mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv
+	case RSAOAEP:
+		if specs[wk.info.Spec].keyType != pkcs11.CKK_RSA || !wk.hasPb {
+			return fmt.Errorf("%w: wrapping key %s is not an RSA public key", ErrWrongKeyType, wrappingKey)
+		}
+		if k.info.Spec.Asymmetric() {
+			return fmt.Errorf("%w: RSA-OAEP wraps secret keys only", ErrInvalidInput)
+		}
+		params, err := t.oaepParams(w.Hash)
+		if err != nil {
+			return err
+		}
+		m, wh = mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.pub
+	default:
+		return fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, w.Mechanism)
+	}
+	wrapped, err := t.mod.ctx.WrapKey(s.h, m, wh, k.priv)
+	if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
+		return &Error{Code: c, Err: fmt.Errorf("%w: %s cannot be wrapped under %s (not extractable, or the wrapping key is not trusted)", ErrWrongKeyType, id, wrappingKey)}
+	}
+	if err != nil {
+		return keyErr(err)
+	}
+	*out = wrapped
+	return nil
+}
+
+// staleHandle reports whether err says that a cached object handle no
+// longer names its object: the key was destroyed, and perhaps made again
+// under its ID, behind the cache's back (by another Token on the token, or
+// another application).
+func staleHandle(err error) bool {
+	code, ok := asCKR(err)
+	if !ok {
+		return false
+	}
+	switch uint(code) {
+	case pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_OBJECT_HANDLE_INVALID,
+		pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+		return true
+	}
+	return false
+}
+
+// refreshing runs fn, which resolves the keys ids itself (with t.key), and
+// when fn fails on a stale handle, drops ids from the cache and runs fn
+// once more, so that they are looked up again: what apply does for the
+// one key of a keyed call, for calls that use more than one key. A key
+// that is really gone is then ErrKeyNotFound. fn must leave nothing behind
+// when it fails.
+func (t *Token) refreshing(ids []KeyID, fn func() error) error {
+	err := fn()
+	if staleHandle(err) {
+		for _, id := range ids {
+			t.keys.drop(id)
+		}
+		err = fn()
+	}
+	return err
 }
 
 // UnwrapRequest describes a key to create on the token from a wrapped blob.
@@ -151,52 +196,72 @@ func (t *Token) UnwrapKey(ctx context.Context, req UnwrapRequest) (KeyInfo, erro
 	}
 	info := KeyInfo{ID: req.ID, Spec: req.Spec, Usage: opts.Usage, Extractable: opts.Extractable}
 	err = t.do(ctx, OpUnwrapKey, "", func(s *session, _ *keyEntry) error {
-		if err := t.ensureAbsent(s, req.ID); err != nil {
-			return err
-		}
-		wk, err := t.key(s, req.WrappingKey)
-		if err != nil {
-			return err
-		}
-		pubT, privT := templates(req.ID, req.Spec, opts)
-		privT = unwrapTemplate(privT)
-		pubT = append(unwrapTemplate(pubT), pubAttrs...)
-		var check func(priv, pub pkcs11.ObjectHandle) error
-		if req.Spec.Asymmetric() && !req.SamePair && !derive {
-			check = func(priv, pub pkcs11.ObjectHandle) error {
-				return t.checkPair(s, &keyEntry{info: info, priv: priv, pub: pub, hasPb: true})
-			}
-		}
-		priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
-			priv, err = t.unwrap(s, wk, req, setAttr(privT, pkcs11.CKA_TOKEN, onToken))
-			if err != nil || !req.Spec.Asymmetric() {
-				return priv, 0, err
-			}
-			pt := pubT
-			if derive {
-				attrs, err := t.derivePublic(s, priv, req.Spec)
-				if err != nil {
-					_ = t.mod.ctx.DestroyObject(s.h, priv)
-					return 0, 0, err
-				}
-				pt = append(slices.Clip(pubT), attrs...)
-			}
-			if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pt, pkcs11.CKA_TOKEN, onToken)); err != nil {
-				_ = t.mod.ctx.DestroyObject(s.h, priv)
-				return 0, 0, err
-			}
-			return priv, pub, nil
-		}, check)
-		if err != nil {
-			return err
-		}
-		t.keys.put(&keyEntry{gen: s.gen, info: info, priv: priv, pub: pub, hasPb: pub != 0})
-		return nil
+		return t.refreshing([]KeyID{req.WrappingKey}, func() error { return t.unwrapKey(s, req, opts, info, pubAttrs, derive) })
 	})
 	if err != nil {
 		return KeyInfo{}, err
 	}
 	return info, nil
+}
+
+// unwrapKey is UnwrapKey's work on session s.
+func (t *Token) unwrapKey(s *session, req UnwrapRequest, opts KeyOptions, info KeyInfo, pubAttrs []*pkcs11.Attribute, derive bool) error {
+	if err := t.ensureAbsent(s, req.ID); err != nil {
+		return err
+	}
+	wk, err := t.key(s, req.WrappingKey)
+	if err != nil {
+		return err
+	}
+	pubT, privT := templates(req.ID, req.Spec, opts)
+	privT = unwrapTemplate(privT)
+	pubT = append(unwrapTemplate(pubT), pubAttrs...)
+	var check func(priv, pub pkcs11.ObjectHandle) error
+	if req.Spec.Asymmetric() && !req.SamePair && !derive {
+		// A session copy of the pair that may sign and verify, for a
+		// key that may not: from the same blob and public key.
+		probe := func() (priv, pub pkcs11.ObjectHandle, err error) {
+			pubT, privT := templates(req.ID, req.Spec, KeyOptions{Usage: UsageSign})
+			priv, err = t.unwrap(s, wk, req, setAttr(unwrapTemplate(privT), pkcs11.CKA_TOKEN, false))
+			if err != nil {
+				return 0, 0, err
+			}
+			pub, err = t.mod.ctx.CreateObject(s.h, setAttr(append(unwrapTemplate(pubT), pubAttrs...), pkcs11.CKA_TOKEN, false))
+			if err != nil {
+				_ = t.mod.ctx.DestroyObject(s.h, priv)
+				return 0, 0, err
+			}
+			return priv, pub, nil
+		}
+		check = func(priv, pub pkcs11.ObjectHandle) error {
+			return t.checkPair(s, &keyEntry{info: info, priv: priv, pub: pub, hasPb: true}, probe)
+		}
+	}
+	priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
+		priv, err = t.unwrap(s, wk, req, setAttr(privT, pkcs11.CKA_TOKEN, onToken))
+		if err != nil || !req.Spec.Asymmetric() {
+			return priv, 0, err
+		}
+		pt := pubT
+		if derive {
+			attrs, err := t.derivePublic(s, priv, req.Spec)
+			if err != nil {
+				_ = t.mod.ctx.DestroyObject(s.h, priv)
+				return 0, 0, err
+			}
+			pt = append(slices.Clip(pubT), attrs...)
+		}
+		if pub, err = t.mod.ctx.CreateObject(s.h, setAttr(pt, pkcs11.CKA_TOKEN, onToken)); err != nil {
+			_ = t.mod.ctx.DestroyObject(s.h, priv)
+			return 0, 0, err
+		}
+		return priv, pub, nil
+	}, check)
+	if err != nil {
+		return err
+	}
+	t.keys.put(&keyEntry{gen: s.gen, info: info, priv: priv, pub: pub, hasPb: pub != 0})
+	return nil
 }
 
 // unwrapTemplate drops the attributes an unwrap or a public key import
@@ -225,7 +290,7 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			return 0, err
 		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, req.Wrapped, tmpl)
-		return h, unwrapErr(materialErr(req.Spec, err))
+		return h, t.unwrapErr(materialErr(req.Spec, err))
 	case RSAOAEP, RSAAESKeyWrap:
 		if wkType != pkcs11.CKK_RSA {
 			return 0, fmt.Errorf("%w: unwrapping key %s is not RSA", ErrWrongKeyType, req.WrappingKey)
@@ -235,8 +300,18 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			return 0, err
 		}
 		if req.Wrapping.Mechanism == RSAOAEP {
-			h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_RSA_PKCS_OAEP, params), wk.priv, req.Wrapped, tmpl)
-			return h, unwrapErr(materialErr(req.Spec, err))
+			m := mech(pkcs11.CKM_RSA_PKCS_OAEP, params)
+			h, err := t.mod.ctx.UnwrapKey(s.h, m, wk.priv, req.Wrapped, tmpl)
+			if err != nil {
+				return 0, t.unwrapErr(materialErr(req.Spec, err))
+			}
+			if !req.Spec.Asymmetric() {
+				if err := t.checkSecretLen(s, wk, req, m, h); err != nil {
+					_ = t.mod.ctx.DestroyObject(s.h, h)
+					return 0, err
+				}
+			}
+			return h, nil
 		}
 		n := (specs[wk.info.Spec].bits + 7) / 8
 		if len(req.Wrapped) <= n {
@@ -252,14 +327,14 @@ func (t *Token) unwrap(s *session, wk *keyEntry, req UnwrapRequest, tmpl []*pkcs
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 		})
 		if err != nil {
-			return 0, unwrapErr(err)
+			return 0, t.unwrapErr(err)
 		}
 		defer func() { _ = t.mod.ctx.DestroyObject(s.h, eph) }()
 		if err := checkKWPLen(req.Spec, req.Wrapped[n:]); err != nil {
 			return 0, err
 		}
 		h, err := t.mod.ctx.UnwrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), eph, req.Wrapped[n:], tmpl)
-		return h, unwrapErr(materialErr(req.Spec, err))
+		return h, t.unwrapErr(materialErr(req.Spec, err))
 	}
 	return 0, fmt.Errorf("%w: wrap mechanism %d", ErrInvalidInput, req.Wrapping.Mechanism)
 }
@@ -274,8 +349,72 @@ func checkKWPLen(spec KeySpec, blob []byte) error {
 	if si.class != pkcs11.CKO_SECRET_KEY {
 		return nil
 	}
-	if want := 8 + (si.bits/8+7)/8*8; len(blob) != want {
+	if want := kwpLen(si.bits / 8); len(blob) != want {
 		return fmt.Errorf("%w: a wrapped %s key is %d bytes, got %d", ErrInvalidInput, spec, want, len(blob))
+	}
+	return nil
+}
+
+// kwpLen is the length of n bytes wrapped with AES key wrap with padding.
+func kwpLen(n int) int { return 8 + (n+7)/8*8 }
+
+// checkSecretLen checks that secret key h, just unwrapped from req.Wrapped
+// with RSA-OAEP mechanism m, holds material of req.Spec's length, which an
+// OAEP blob does not show. A token that reports the length (CKA_VALUE_LEN)
+// is taken at its word. SoftHSM reads it as 0 after an unwrap and refuses
+// it in the unwrap template (CKR_ATTRIBUTE_READ_ONLY), so the material is
+// measured inside the token instead: unwrapped once more, as a session
+// object that may leave only wrapped, it is wrapped under a session key
+// made for the purpose, and the length of that wrapping is checked as
+// checkKWPLen checks a caller's: to the 8 bytes AES key wrap pads to. Both
+// session objects are destroyed before this returns, so the wrapped copy
+// is under a key that no longer exists. Material of another length is
+// ErrInvalidInput; the caller destroys h.
+func (t *Token) checkSecretLen(s *session, wk *keyEntry, req UnwrapRequest, m []*pkcs11.Mechanism, h pkcs11.ObjectHandle) error {
+	si := specs[req.Spec]
+	a, err := t.attrs(s, h, pkcs11.CKA_VALUE_LEN)
+	if err != nil {
+		return err
+	}
+	if n := int(bytesToUint(a[pkcs11.CKA_VALUE_LEN])); n != 0 {
+		if n != si.bits/8 {
+			return fmt.Errorf("%w: the unwrapped material is %d bytes; a %s key is %d", ErrInvalidInput, n, req.Spec, si.bits/8)
+		}
+		return nil
+	}
+	kek, err := t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = t.mod.ctx.DestroyObject(s.h, kek) }()
+	probe, err := t.mod.ctx.UnwrapKey(s.h, m, wk.priv, req.Wrapped, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, si.keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, false),
+	})
+	if err != nil {
+		return t.unwrapErr(err)
+	}
+	defer func() { _ = t.mod.ctx.DestroyObject(s.h, probe) }()
+	wrapped, err := t.mod.ctx.WrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), kek, probe)
+	if err != nil {
+		return err
+	}
+	if len(wrapped) != kwpLen(si.bits/8) {
+		return fmt.Errorf("%w: the unwrapped material is %d to %d bytes; a %s key is %d", ErrInvalidInput, len(wrapped)-15, len(wrapped)-8, req.Spec, si.bits/8)
 	}
 	return nil
 }
@@ -291,29 +430,86 @@ func materialErr(spec KeySpec, err error) error {
 	return err
 }
 
-// unwrapErr makes a blob that does not unwrap the vague ErrDecrypt. A
-// template problem is ours, not the caller's, and stays visible.
-func unwrapErr(err error) error {
+// unwrapErr makes a blob that does not unwrap the vague ErrDecrypt: the
+// standard codes for it, and those the token's profile lists as its
+// decrypt failures (SoftHSM answers a blob that fails its integrity check
+// with CKR_GENERAL_ERROR, which on other tokens is a device failure, the
+// member's). A template problem is ours, not the caller's, and stays
+// visible; so does an error already typed here.
+func (t *Token) unwrapErr(err error) error {
 	code, ok := asCKR(err)
-	if !ok {
+	var e *Error
+	if !ok || errors.As(err, &e) {
 		return err
 	}
 	switch uint(code) {
 	case pkcs11.CKR_WRAPPED_KEY_INVALID, pkcs11.CKR_WRAPPED_KEY_LEN_RANGE, pkcs11.CKR_ENCRYPTED_DATA_INVALID,
 		pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11.CKR_DATA_INVALID, pkcs11.CKR_DATA_LEN_RANGE,
-		pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_ARGUMENTS_BAD:
+		pkcs11.CKR_ARGUMENTS_BAD:
+		return ErrDecrypt
+	}
+	if slices.Contains(t.profile().DecryptFailureCodes, code) {
 		return ErrDecrypt
 	}
 	return keyErr(err)
 }
 
 // checkPair proves that an unwrapped private key and the public key made
-// from the caller's SubjectPublicKeyInfo belong together.
-func (t *Token) checkPair(s *session, e *keyEntry) error {
+// from the caller's SubjectPublicKeyInfo belong together. An RSA private
+// key carries its modulus and public exponent, which must be the public
+// key's. An EC private key carries its curve, which must be the public
+// key's, but not its point, so the pair is proved with a signature: by
+// the key itself when it may sign, else by a session copy of the pair that
+// may sign and verify, which probe makes from the same blob and public key
+// and which is destroyed at once. An RSA key that may sign or encrypt is
+// also tried at that, which shows that its private half works.
+func (t *Token) checkPair(s *session, e *keyEntry, probe func() (priv, pub pkcs11.ObjectHandle, err error)) error {
 	si := specs[e.info.Spec]
 	mismatch := fmt.Errorf("%w: public key does not match the unwrapped private key", ErrInvalidInput)
+	signer, verifier := e.priv, e.pub
+	if e.info.Usage&UsageSign == 0 {
+		signer, verifier = 0, 0
+	}
+	switch si.keyType {
+	case pkcs11.CKK_RSA:
+		priv, err := t.attrs(s, e.priv, pkcs11.CKA_MODULUS, pkcs11.CKA_PUBLIC_EXPONENT)
+		if err != nil {
+			return err
+		}
+		pub, err := t.attrs(s, e.pub, pkcs11.CKA_MODULUS, pkcs11.CKA_PUBLIC_EXPONENT)
+		if err != nil {
+			return err
+		}
+		n := new(big.Int).SetBytes(priv[pkcs11.CKA_MODULUS])
+		if n.Sign() == 0 || n.Cmp(new(big.Int).SetBytes(pub[pkcs11.CKA_MODULUS])) != 0 {
+			return mismatch
+		}
+		if exp, ok := priv[pkcs11.CKA_PUBLIC_EXPONENT]; ok && new(big.Int).SetBytes(exp).Cmp(new(big.Int).SetBytes(pub[pkcs11.CKA_PUBLIC_EXPONENT])) != 0 {
+			return mismatch
+		}
+	case pkcs11.CKK_EC:
+		a, err := t.attrs(s, e.priv, pkcs11.CKA_EC_PARAMS)
+		if err != nil {
+			return err
+		}
+		var oid asn1.ObjectIdentifier
+		if rest, err := asn1.Unmarshal(a[pkcs11.CKA_EC_PARAMS], &oid); err != nil || len(rest) != 0 || !oid.Equal(si.curve) {
+			return mismatch
+		}
+		if signer == 0 && probe != nil {
+			priv, pub, err := probe()
+			if err != nil {
+				return err
+			}
+			defer func() {
+				_ = t.mod.ctx.DestroyObject(s.h, priv)
+				_ = t.mod.ctx.DestroyObject(s.h, pub)
+			}()
+			signer, verifier = priv, pub
+		}
+	}
 	switch {
-	case e.info.Usage&UsageSign != 0:
+	case signer != 0:
 		digest := sha256.Sum256([]byte("hsmkms pair check"))
 		sc := PKCS1v15
 		if si.keyType == pkcs11.CKK_EC {
@@ -323,14 +519,14 @@ func (t *Token) checkPair(s *session, e *keyEntry) error {
 		if err != nil {
 			return err
 		}
-		if err := t.mod.ctx.SignInit(s.h, m, e.priv); err != nil {
+		if err := t.mod.ctx.SignInit(s.h, m, signer); err != nil {
 			return err
 		}
 		sig, err := t.mod.ctx.Sign(s.h, data)
 		if err != nil {
 			return err
 		}
-		if err := t.mod.ctx.VerifyInit(s.h, m, e.pub); err != nil {
+		if err := t.mod.ctx.VerifyInit(s.h, m, verifier); err != nil {
 			return err
 		}
 		if verifyErr(t.mod.ctx.Verify(s.h, data, sig)) != nil {
@@ -380,54 +576,64 @@ func (t *Token) GenerateWrapped(ctx context.Context, wrappingKey KeyID, spec Key
 		opts.Usage = spec.DefaultUsage()
 	}
 	opts.Extractable = true
-	si := specs[spec]
 	var outW, outPub []byte // written by the worker; read only once do returned nil
 	err = t.do(ctx, OpGenerateWrapped, "", func(s *session, _ *keyEntry) error {
-		wk, err := t.key(s, wrappingKey)
-		if err != nil {
-			return err
-		}
-		if specs[wk.info.Spec].keyType != pkcs11.CKK_AES || wk.priv == 0 {
-			return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
-		}
-		pubT, privT := templates("session", spec, opts)
-		privT = setAttr(privT, pkcs11.CKA_TOKEN, false)
-		var priv, pub pkcs11.ObjectHandle
-		switch si.keyType {
-		case pkcs11.CKK_AES:
-			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
-		case pkcs11.CKK_GENERIC_SECRET:
-			priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
-		case pkcs11.CKK_RSA:
-			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
-		case pkcs11.CKK_EC:
-			pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
-		}
-		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
-			return &Error{Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
-		}
-		if err != nil {
-			return err
-		}
-		defer func() {
-			_ = t.mod.ctx.DestroyObject(s.h, priv)
-			if pub != 0 {
-				_ = t.mod.ctx.DestroyObject(s.h, pub)
-			}
-		}()
-		if pub != 0 {
-			if outPub, err = t.spki(s, pub, spec); err != nil {
-				return err
-			}
-		}
-		outW, err = t.mod.ctx.WrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, priv)
-		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
-			return &Error{Code: c, Err: fmt.Errorf("%w: %s is not a trusted wrapping key", ErrWrongKeyType, wrappingKey)}
-		}
-		return err
+		return t.refreshing([]KeyID{wrappingKey}, func() error { return t.generateWrapped(s, wrappingKey, spec, opts, &outW, &outPub) })
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return outW, outPub, nil
+}
+
+// generateWrapped is GenerateWrapped's work on session s.
+func (t *Token) generateWrapped(s *session, wrappingKey KeyID, spec KeySpec, opts KeyOptions, outW, outPub *[]byte) error {
+	si := specs[spec]
+	wk, err := t.key(s, wrappingKey)
+	if err != nil {
+		return err
+	}
+	if specs[wk.info.Spec].keyType != pkcs11.CKK_AES || wk.priv == 0 {
+		return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
+	}
+	pubT, privT := templates("session", spec, opts)
+	privT = setAttr(privT, pkcs11.CKA_TOKEN, false)
+	var priv, pub pkcs11.ObjectHandle
+	switch si.keyType {
+	case pkcs11.CKK_AES:
+		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
+	case pkcs11.CKK_GENERIC_SECRET:
+		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
+	case pkcs11.CKK_RSA:
+		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
+	case pkcs11.CKK_EC:
+		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
+	}
+	if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
+		return &Error{Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = t.mod.ctx.DestroyObject(s.h, priv)
+		if pub != 0 {
+			_ = t.mod.ctx.DestroyObject(s.h, pub)
+		}
+	}()
+	var pubDER []byte
+	if pub != 0 {
+		if pubDER, err = t.spki(s, pub, spec); err != nil {
+			return err
+		}
+	}
+	wrapped, err := t.mod.ctx.WrapKey(s.h, mech(pkcs11.CKM_AES_KEY_WRAP_PAD, nil), wk.priv, priv)
+	if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_KEY_NOT_WRAPPABLE) || c == CKR(pkcs11.CKR_KEY_UNEXTRACTABLE)) {
+		return &Error{Code: c, Err: fmt.Errorf("%w: %s is not a trusted wrapping key", ErrWrongKeyType, wrappingKey)}
+	}
+	if err != nil {
+		return err
+	}
+	*outW, *outPub = wrapped, pubDER
+	return nil
 }

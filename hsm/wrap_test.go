@@ -7,15 +7,18 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ecdsa"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -310,4 +313,160 @@ func importWrappingKey(t *testing.T, tok *hsm.Token) *rsa.PublicKey {
 	pk, err := x509.ParsePKIXPublicKey(der)
 	require.NoError(t, err)
 	return pk.(*rsa.PublicKey)
+}
+
+// TestStaleWrappingKeyHandle: a wrapping key destroyed and made again
+// under its ID behind a Token's back (here by a second PKCS#11 client,
+// which copies it and destroys the original) leaves the Token a stale
+// cached handle. WrapKey, UnwrapKey and GenerateWrapped look the key up
+// again and succeed, and the token stays healthy; a wrapping key that is
+// really gone is the caller's ErrKeyNotFound.
+func TestStaleWrappingKeyHandle(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	p, s := secondClient(t, m, tok)
+	pad := hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}
+	_, err := tok.CreateTrustedWrappingKey(ctx, "kek", m.SOPIN(), hsm.KeyOptions{})
+	require.NoError(t, err)
+	_, err = tok.GenerateKey(ctx, "data", hsm.AES256, hsm.KeyOptions{Extractable: true})
+	require.NoError(t, err)
+	kek := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte("kek"))}
+	replace := func() {
+		t.Helper()
+		objs := findObjects(t, p, s, kek...)
+		require.Len(t, objs, 1)
+		// The copy keeps the key, its ID, label and CKA_TRUSTED; only
+		// the handle changes.
+		_, err := p.CopyObject(s, objs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)})
+		require.NoError(t, err)
+		require.NoError(t, p.DestroyObject(s, objs[0]))
+	}
+
+	blob, err := tok.WrapKey(ctx, "kek", "data", pad) // kek's handle is cached
+	require.NoError(t, err)
+	replace()
+	blob2, err := tok.WrapKey(ctx, "kek", "data", pad)
+	require.NoError(t, err, "WrapKey with a stale wrapping key handle")
+	replace()
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: "copy", Spec: hsm.AES256})
+	require.NoError(t, err, "UnwrapKey with a stale unwrapping key handle")
+	replace()
+	_, _, err = tok.GenerateWrapped(ctx, "kek", hsm.ECP256, hsm.KeyOptions{})
+	require.NoError(t, err, "GenerateWrapped with a stale wrapping key handle")
+	assert.True(t, tok.Health().Healthy)
+
+	// The copy is a working key: it unwraps what was wrapped under it.
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob2, ID: "copy2", Spec: hsm.AES256})
+	require.NoError(t, err)
+
+	// Really gone: the caller's error, not the member's.
+	objs := findObjects(t, p, s, kek...)
+	require.Len(t, objs, 1)
+	require.NoError(t, p.DestroyObject(s, objs[0]))
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "kek", Wrapping: pad, Wrapped: blob, ID: "copy3", Spec: hsm.AES256})
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	_, err = tok.WrapKey(ctx, "kek", "data", pad)
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	_, _, err = tok.GenerateWrapped(ctx, "kek", hsm.AES256, hsm.KeyOptions{})
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	assert.Equal(t, hsm.ClassCaller, hsm.Classify(err))
+	assert.True(t, tok.Health().Healthy)
+
+	// The classifier counts the wrap-specific handle codes as the caller's,
+	// as it does CKR_KEY_HANDLE_INVALID.
+	for _, c := range []uint{pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID} {
+		assert.Equal(t, hsm.ClassCaller, hsm.Classify(hsm.CKR(c)), hsm.CKR(c).Error())
+	}
+}
+
+// TestOAEPUnwrapSecretLength: secret key material imported with RSA-OAEP
+// must be of the spec's length, which the OAEP blob does not show and
+// SoftHSM does not report; the token measures it. Material of another
+// length is ErrInvalidInput and leaves nothing behind, session objects
+// included; material of the right length is the key.
+func TestOAEPUnwrapSecretLength(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	pub := importWrappingKey(t, tok)
+	p, s := secondClient(t, m, tok)
+	oaep := hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA1}
+	wrap := func(material []byte) []byte {
+		blob, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub, material, nil)
+		require.NoError(t, err)
+		return blob
+	}
+	material := func(n int) []byte {
+		b := make([]byte, n)
+		_, err := rand.Read(b)
+		require.NoError(t, err)
+		return b
+	}
+
+	for _, c := range []struct {
+		spec hsm.KeySpec
+		n    int
+	}{{hsm.AES256, 16}, {hsm.AES256, 7}, {hsm.AES256, 40}, {hsm.AES128, 32}, {hsm.HMAC512, 1}, {hsm.HMAC512, 32}, {hsm.HMAC256, 64}} {
+		id := hsm.KeyID("short-" + string(c.spec))
+		_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: oaep, Wrapped: wrap(material(c.n)), ID: id, Spec: c.spec})
+		require.ErrorIs(t, err, hsm.ErrInvalidInput, "%d bytes as %s", c.n, c.spec)
+		assert.Equal(t, hsm.ClassCaller, hsm.Classify(err))
+		_, err = tok.Describe(ctx, id)
+		require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	}
+	assert.Empty(t, findObjects(t, p, s, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)), "no session object is left")
+
+	// The right lengths are taken, and are the material.
+	aes128 := material(16)
+	_, err := tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: oaep, Wrapped: wrap(aes128), ID: "aes128", Spec: hsm.AES128})
+	require.NoError(t, err)
+	ct, iv, err := tok.EncryptGCM(ctx, "aes128", nil, []byte("x"), nil)
+	require.NoError(t, err)
+	block, err := aes.NewCipher(aes128)
+	require.NoError(t, err)
+	gcm, err := cipher.NewGCM(block)
+	require.NoError(t, err)
+	_, err = gcm.Open(nil, iv, ct, nil)
+	require.NoError(t, err)
+
+	hmac512 := material(64)
+	_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: oaep, Wrapped: wrap(hmac512), ID: "hmac512", Spec: hsm.HMAC512})
+	require.NoError(t, err)
+	got, err := tok.MAC(ctx, "hmac512", crypto.SHA512, []byte("x"))
+	require.NoError(t, err)
+	h := hmac.New(sha512.New, hmac512)
+	h.Write([]byte("x"))
+	assert.Equal(t, h.Sum(nil), got)
+	assert.Empty(t, findObjects(t, p, s, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)), "no session object is left")
+	assert.True(t, tok.Health().Healthy)
+}
+
+// TestUnwrapFailureFollowsProfile: a blob that fails its integrity check
+// is ErrDecrypt when the token's profile lists the code the token gives
+// for it (SoftHSM's CKR_GENERAL_ERROR); on a profile that does not, that
+// code is a device failure, the member's, and keeps its code.
+func TestUnwrapFailureFollowsProfile(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	other := hsm.ProfileSoftHSM2
+	other.DecryptFailureCodes = nil
+	strict := open(t, m, func(c *hsm.Config) { c.Profile = &other })
+	_, err := tok.GenerateKey(ctx, "kek", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	importWrappingKey(t, tok)
+
+	for name, req := range map[string]hsm.UnwrapRequest{
+		"aes key wrap": {WrappingKey: "kek", Wrapping: hsm.Wrapping{Mechanism: hsm.AESKeyWrapPad}, Wrapped: bytes.Repeat([]byte{1}, 40), Spec: hsm.AES256},
+		"rsa-oaep":     {WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA1}, Wrapped: bytes.Repeat([]byte{1}, 256), Spec: hsm.AES256},
+	} {
+		req.ID = "garbage"
+		_, err := tok.UnwrapKey(ctx, req)
+		require.ErrorIs(t, err, hsm.ErrDecrypt, name)
+		_, err = strict.UnwrapKey(ctx, req)
+		require.NotErrorIs(t, err, hsm.ErrDecrypt, name)
+		require.ErrorIs(t, err, hsm.CKR(pkcs11.CKR_GENERAL_ERROR), name)
+		assert.Equal(t, hsm.ClassMember, hsm.Classify(err), name)
+	}
 }
