@@ -8,7 +8,9 @@ import (
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
+	"hash"
 	"strings"
 	"testing"
 	"time"
@@ -161,17 +163,29 @@ func materialKeys(t *testing.T, tok *hsm.Token, id string) []hsm.KeyID {
 
 func TestImportHMAC(t *testing.T) {
 	e := newEnv(t)
-	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
-	require.NoError(t, err)
-	id := *out.KeyMetadata.KeyId
-	material := make([]byte, 32)
-	_, _ = rand.Read(material)
-	p := getParams(t, e.c, id, types.AlgorithmSpecRsaAesKeyWrapSha1)
-	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material)})
-	require.NoError(t, err)
-	mac, err := e.c.GenerateMac(bg, &kms.GenerateMacInput{KeyId: str(id), Message: []byte("m"), MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
-	require.NoError(t, err)
-	h := hmac.New(sha256.New, material)
-	h.Write([]byte("m"))
-	require.Equal(t, h.Sum(nil), mac.Mac)
+	for _, tc := range []struct {
+		spec types.KeySpec
+		alg  types.MacAlgorithmSpec
+		size int
+		hash func() hash.Hash
+	}{
+		{types.KeySpecHmac224, types.MacAlgorithmSpecHmacSha224, 28, sha256.New224},
+		{types.KeySpecHmac256, types.MacAlgorithmSpecHmacSha256, 32, sha256.New},
+		{types.KeySpecHmac384, types.MacAlgorithmSpecHmacSha384, 48, sha512.New384},
+		{types.KeySpecHmac512, types.MacAlgorithmSpecHmacSha512, 64, sha512.New},
+	} {
+		out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: tc.spec, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
+		require.NoError(t, err)
+		id := *out.KeyMetadata.KeyId
+		material := make([]byte, tc.size)
+		_, _ = rand.Read(material)
+		p := getParams(t, e.c, id, types.AlgorithmSpecRsaAesKeyWrapSha1)
+		_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken, EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaAesKeyWrapSha1, p.PublicKey, material)})
+		require.NoError(t, err, tc.spec)
+		mac, err := e.c.GenerateMac(bg, &kms.GenerateMacInput{KeyId: str(id), Message: []byte("m"), MacAlgorithm: tc.alg})
+		require.NoError(t, err, tc.spec)
+		h := hmac.New(tc.hash, material)
+		h.Write([]byte("m"))
+		require.Equal(t, h.Sum(nil), mac.Mac, tc.spec)
+	}
 }

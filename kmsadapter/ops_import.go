@@ -179,7 +179,8 @@ func (c *Client) GetParametersForImport(ctx context.Context, in *kms.GetParamete
 // keyCheck computes a check value of an HSM key, so that two imports can
 // be compared without the material leaving the HSM: AES-GCM of 32 zero
 // bytes under a fixed IV (a fixed message under a fixed IV reveals
-// nothing), an HMAC of a fixed message, or a key pair's public key (DER
+// nothing), an HMAC of a fixed message (SHA-256; SHA-224 under an
+// HMAC_224 key), or a key pair's public key (DER
 // SubjectPublicKeyInfo, which determines the private key); then SHA-256
 // of that.
 func (c *Client) keyCheck(ctx context.Context, r *keyRecord, id hsm.KeyID) ([]byte, error) {
@@ -191,6 +192,9 @@ func (c *Client) keyCheck(ctx context.Context, r *keyRecord, id hsm.KeyID) ([]by
 		out, err = c.backend.PublicKey(ctx, id)
 	case r.Spec == types.KeySpecSymmetricDefault:
 		out, _, err = c.backend.EncryptGCM(ctx, id, make([]byte, hsm.GCMIVSize), make([]byte, 32), []byte(label))
+	case keySpecs[r.Spec].hsm == hsm.HMAC224:
+		// A hash may not be longer than its HMAC key.
+		out, err = c.backend.MAC(ctx, id, crypto.SHA224, []byte(label))
 	default:
 		out, err = c.backend.MAC(ctx, id, crypto.SHA256, []byte(label))
 	}
