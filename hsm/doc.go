@@ -33,7 +33,15 @@
 // only wrapped, and only under a wrapping key the security officer marked
 // trusted (CKA_WRAP_WITH_TRUSTED); CreateTrustedWrappingKey is that
 // administrative path. Key material never enters this process in
-// plaintext: UnwrapKey imports inside the token.
+// plaintext: UnwrapKey imports inside the token. One transient object
+// breaks the extractable rule: a secret key imported with RSA-OAEP, whose
+// blob does not show the material's length, is measured on a token that
+// does not report it (SoftHSM) by wrapping a session copy, extractable for
+// that instant, under a session key made for the purpose; both are
+// destroyed before UnwrapKey returns.
+//
+// DestroyKey removes only the objects this library made for a KeyID (by
+// their labels); another application's objects with the same CKA_ID stay.
 //
 // A key is resolved once with C_FindObjects, then its object handles are
 // cached. The cache belongs to a session generation: when the module is
