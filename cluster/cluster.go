@@ -252,7 +252,10 @@ func (c *Cluster) probe(ctx context.Context, m *member) {
 	switch hsm.Classify(err) {
 	case hsm.ClassNone:
 		m.observeLatency(time.Since(start))
-		if info := tok.Info(); info.Serial != "" && m.serial != "" && info.Serial != m.serial {
+		m.mu.RLock()
+		serial := m.serial
+		m.mu.RUnlock()
+		if info := tok.Info(); info.Serial != "" && serial != "" && info.Serial != serial {
 			// A replaced HSM behind the same label: its keys are gone.
 			c.setState(m, Down, "token replaced", nil)
 			c.recover(ctx, m, false)

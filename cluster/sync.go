@@ -91,6 +91,15 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 	// then copied afresh from a member that holds the real one.
 	for _, id := range suspects {
 		unlock := c.lockKey(id)
+		m.mu.RLock()
+		still := m.suspect[id]
+		m.mu.RUnlock()
+		if !still {
+			// A creation of id ran since the list was taken: it cleared
+			// the leftover, and what m holds now may be the committed key.
+			unlock()
+			continue
+		}
 		if m.has(id) {
 			if err := destroy(id); err != nil {
 				unlock()
