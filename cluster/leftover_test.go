@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -84,4 +85,51 @@ func TestProbesAndRepairsRunTogether(t *testing.T) {
 	}
 	wg.Wait()
 	e.requireStates(Healthy, Healthy)
+}
+
+// TestCreationAfterJoinWithAMemberAway: m2 joins while m0 is down, so the
+// two never exchange key-encryption keys. With every member back, each
+// creation succeeds on all three: the origin is one whose
+// key-encryption key both others hold.
+func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	cat := e.c.catalog
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sh.Members[0].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	var opts []Option
+	for i, m := range e.sh.Members {
+		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
+	}
+	c, err := New(ctx, e.cfg, append(opts, WithCatalog(cat), WithClock(newFakeClock()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := e.sh.Members[2].Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CheckHealth(ctx)
+	if err := c.Join(ctx, "m2"); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if err := e.sh.Members[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CheckHealth(ctx)
+	for i := range 12 {
+		id := hsm.KeyID(fmt.Sprintf("k%d", i))
+		if _, err := c.GenerateKey(ctx, id, hsm.AES128, hsm.KeyOptions{}); err != nil {
+			t.Fatalf("creation %d: %v", i, err)
+		}
+		for _, m := range c.members {
+			if !m.has(id) {
+				t.Fatalf("%s does not hold %s", m.name, id)
+			}
+		}
+	}
 }

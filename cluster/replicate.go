@@ -126,6 +126,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 		return hsm.KeyInfo{}, fmt.Errorf("cluster: catalog: %w", err)
 	}
 	targets, healthy := c.writeTargets()
+	targets = kekEverywhereFirst(targets)
 	q := c.quorum(healthy)
 	c.clearSuspects(ctx, id, targets)
 	if copies(targets) < q {
@@ -392,6 +393,33 @@ func (c *Cluster) unwrapOn(ctx context.Context, m *member, req hsm.UnwrapRequest
 		return t.UnwrapKey(ctx, req)
 	})
 	return err
+}
+
+// kekEverywhereFirst puts first, keeping routing order otherwise, the
+// targets whose key-encryption key every other target holds: a key made
+// on one of those can be copied everywhere. A member that joined while
+// another was away lacks that one's key-encryption key, and a key made on
+// either of the two could not reach the other.
+func kekEverywhereFirst(targets []*member) []*member {
+	everywhere := func(origin *member) bool {
+		_, _, kek := origin.snapshot()
+		for _, m := range targets {
+			if m != origin && !m.has(kek) {
+				return false
+			}
+		}
+		return true
+	}
+	out := make([]*member, 0, len(targets))
+	var rest []*member
+	for _, m := range targets {
+		if everywhere(m) {
+			out = append(out, m)
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	return append(out, rest...)
 }
 
 // unwrapNew is unwrapOn for a key being created. The catalog does not
