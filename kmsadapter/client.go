@@ -3,6 +3,7 @@ package kmsadapter
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -131,7 +132,15 @@ func (c *Client) ensureIntegrityKey(ctx context.Context) error {
 			c.cfg.IntegrityKeyID, ErrTampered)
 	}
 	_, err = c.backend.GenerateKey(ctx, c.cfg.IntegrityKeyID, hsm.HMAC256, hsm.KeyOptions{Usage: hsm.UsageSign, Extractable: true})
-	if err != nil && !errors.Is(err, hsm.ErrKeyExists) {
+	if errors.Is(err, hsm.ErrKeyExists) {
+		// Made by another process meanwhile, or only one member's answer
+		// inside a failed creation (a cluster's error carries every
+		// member's): the key counts as there only if it works.
+		if _, merr := c.backend.MAC(ctx, c.cfg.IntegrityKeyID, crypto.SHA256, []byte("hsmkms integrity key check")); merr == nil {
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("kmsadapter: creating the integrity key %s: %w", c.cfg.IntegrityKeyID, err)
 	}
 	return nil
