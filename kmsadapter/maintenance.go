@@ -39,7 +39,9 @@ func (c *Client) Tick(ctx context.Context) error {
 		var err error
 		switch {
 		case r.State == types.KeyStatePendingDeletion && r.DeletionDate != nil && !now.Before(*r.DeletionDate):
-			err = c.destroyKey(ctx, r)
+			if err = c.destroyKey(ctx, r); err == nil {
+				continue // destroyed, or cancelled meanwhile: nothing else to do now
+			}
 		case r.State == types.KeyStateEnabled && r.Rotation.Enabled && r.Rotation.Next != nil && !now.Before(*r.Rotation.Next):
 			_, err = c.rotate(ctx, r.ID, types.RotationTypeAutomatic)
 		}
@@ -132,6 +134,23 @@ func (c *Client) rollbackCreating(ctx context.Context) error {
 // half way leaves the record in PendingDeletion, and the next Tick
 // finishes the job.
 func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
+	// First mark the record, if it is still due (the caller's copy may
+	// be old: a CancelKeyDeletion may have won meanwhile), so that no
+	// cancellation can succeed once material is being destroyed.
+	r, err := c.updateKey(ctx, r.ID, func(cur *keyRecord) error {
+		if cur.State != types.KeyStatePendingDeletion || cur.DeletionDate == nil || c.now().Before(*cur.DeletionDate) {
+			return errNotDue
+		}
+		cur.Destroying = true
+		return nil
+	})
+	var gone *types.NotFoundException
+	if errors.Is(err, errNotDue) || errors.As(err, &gone) {
+		return nil // cancelled, or destroyed by another replica's Tick
+	}
+	if err != nil {
+		return err
+	}
 	var hsmKeys []hsm.KeyID
 	for _, v := range r.Versions {
 		if v.HSMKey != "" {
@@ -178,6 +197,9 @@ func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
 		return tx.Delete(bucketKeys, r.ID)
 	})
 }
+
+// errNotDue: a key's deletion was cancelled or moved since Tick read it.
+var errNotDue = errors.New("kmsadapter: key not due for deletion")
 
 // Destroyed reports whether the HSM key id was destroyed for good, so it
 // must never be created or copied again.

@@ -299,6 +299,7 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 		if model == types.ExpirationModelTypeKeyMaterialExpires {
 			validTo = ptr(in.ValidTo.UTC())
 		}
+		redundant := false // target is not needed after all
 		r, err = c.updateKey(ctx, id, func(r *keyRecord) error {
 			if err := c.importable(r); err != nil {
 				return err
@@ -307,7 +308,19 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 				return invalidImportToken("the import token is not valid for %s", c.keyARN(r.ID))
 			}
 			v := r.current()
-			if !present {
+			redundant = false
+			switch {
+			case present && !v.Present:
+				// Deleted since this import began, which destroyed its
+				// check copy: there is no HSM key to install.
+				return invalidState("the key material of %s was deleted during the import; import it again", c.keyARN(r.ID))
+			case !present && v.Present:
+				// Another import finished meanwhile: keep its HSM key.
+				if !bytes.Equal(v.Check, check) {
+					return incorrectKeyMaterial("the key material is not the material imported into %s before", c.keyARN(r.ID))
+				}
+				redundant = true
+			case !present:
 				v.HSMKey = target
 			}
 			v.Present, v.Check = true, check
@@ -319,10 +332,12 @@ func (c *Client) ImportKeyMaterial(ctx context.Context, in *kms.ImportKeyMateria
 			}
 			return nil
 		})
-		if err != nil {
+		if err != nil || redundant {
 			if !present {
 				_ = c.backend.DestroyKey(context.WithoutCancel(ctx), target)
 			}
+		}
+		if err != nil {
 			return nil, err
 		}
 		if err := c.backend.DestroyKey(ctx, imp.WrappingKey); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
@@ -368,34 +383,48 @@ func (c *Client) DeleteImportedKeyMaterial(ctx context.Context, in *kms.DeleteIm
 // (a crash in between leaves a record that names missing material, which
 // decrypts nothing and is corrected by the next delete or expiry).
 func (c *Client) deleteMaterial(ctx context.Context, id string) error {
-	r, err := c.getKey(ctx, id)
-	if err != nil {
-		return err
-	}
-	hk := r.current().HSMKey
-	if hk != "" {
-		if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-			return backendErr(err, "deleting key material")
+	return c.removeMaterial(ctx, id, false)
+}
+
+// removeMaterial marks the key's material absent in its record, then
+// destroys the HSM key that held it: in that order, so that a call cut off
+// between the two leaves an unused HSM key behind rather than a record
+// naming a destroyed one. With expiredOnly it does nothing unless the
+// stored record's ValidTo has passed (a re-import may have moved it).
+func (c *Client) removeMaterial(ctx context.Context, id string, expiredOnly bool) error {
+	var hk hsm.KeyID
+	_, err := c.updateKey(ctx, id, func(r *keyRecord) error {
+		hk = ""
+		v := r.current()
+		if expiredOnly && (!v.Present || r.ValidTo == nil || c.now().Before(*r.ValidTo)) {
+			return errNotDue
 		}
-	}
-	_, err = c.updateKey(ctx, id, func(r *keyRecord) error {
-		if r.current().HSMKey != hk {
-			return nil // imported again meanwhile
-		}
-		r.current().Present, r.current().HSMKey = false, ""
+		hk = v.HSMKey
+		v.Present, v.HSMKey = false, ""
 		r.ValidTo = nil
 		if r.State == types.KeyStateEnabled || r.State == types.KeyStateDisabled {
 			r.State = types.KeyStatePendingImport
 		}
 		return nil
 	})
-	return err
+	if errors.Is(err, errNotDue) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if hk != "" {
+		if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			return backendErr(err, "deleting key material")
+		}
+	}
+	return nil
 }
 
 // expireMaterial is deleteMaterial when ValidTo has passed.
 func (c *Client) expireMaterial(ctx context.Context, id string) error {
 	c.log.Info("imported key material expired", "key", id)
-	return c.deleteMaterial(ctx, id)
+	return c.removeMaterial(ctx, id, true)
 }
 
 // dropImport destroys an expired import wrapping key and forgets its token.

@@ -1,8 +1,10 @@
 package kmsadapter
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -193,6 +195,7 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 	if err != nil {
 		return nil, err
 	}
+	creating := sealed
 	err = c.update(ctx, func(tx Tx) error {
 		n := 0
 		if err := tx.ForEach(bucketKeys, "", func(string, []byte) error { n++; return nil }); err != nil {
@@ -226,7 +229,22 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		r.State = types.KeyStatePendingImport
 	}
 	if sealed, err = c.sealKey(ctx, r); err == nil {
-		err = c.update(ctx, func(tx Tx) error { return tx.Put(bucketKeys, r.ID, sealed) })
+		err = c.update(ctx, func(tx Tx) error {
+			// Only over the Creating record of step 1: a creation that
+			// took longer than CreateTimeout may have been rolled back
+			// (its HSM key destroyed) by New or another replica's Tick.
+			cur, err := tx.Get(bucketKeys, r.ID)
+			if err != nil && !errors.Is(err, ErrNoRecord) {
+				return err
+			}
+			if !bytes.Equal(cur, creating) {
+				return errRolledBack
+			}
+			return tx.Put(bucketKeys, r.ID, sealed)
+		})
+	}
+	if errors.Is(err, errRolledBack) {
+		return nil, dependencyTimeout("creating the key took longer than %s and was rolled back; create it again", c.cfg.CreateTimeout)
 	}
 	if err != nil {
 		// The record stays in Creating; New or Tick rolls it back.
@@ -234,6 +252,9 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 	}
 	return &kms.CreateKeyOutput{KeyMetadata: c.metadata(r)}, nil
 }
+
+// errRolledBack: a CreateKey's record was rolled back before it completed.
+var errRolledBack = errors.New("kmsadapter: creation rolled back")
 
 func (c *Client) hook(step string) error {
 	if c.testHook != nil {
@@ -452,6 +473,9 @@ func (c *Client) CancelKeyDeletion(ctx context.Context, in *kms.CancelKeyDeletio
 	r, err := c.updateKey(ctx, id, func(r *keyRecord) error {
 		if r.State != types.KeyStatePendingDeletion {
 			return invalidState("%s is not pending deletion.", c.keyARN(r.ID))
+		}
+		if r.Destroying {
+			return invalidState("%s is being deleted: its waiting period has ended.", c.keyARN(r.ID))
 		}
 		r.State, r.DeletionDate, r.PendingWindow = types.KeyStateDisabled, nil, 0
 		if !r.current().Present {

@@ -32,9 +32,12 @@ type keyRecord struct {
 	Created       time.Time          `json:"created"`
 	DeletionDate  *time.Time         `json:"deletionDate,omitempty"`
 	PendingWindow int32              `json:"pendingWindow,omitempty"`
-	Policy        string             `json:"policy"`
-	Tags          []tagRecord        `json:"tags,omitempty"` // sorted by key
-	Rotation      rotationRecord     `json:"rotation"`
+	// Destroying: the deletion window ended and Tick began destroying the
+	// key material; the deletion can no longer be cancelled.
+	Destroying bool           `json:"destroying,omitempty"`
+	Policy     string         `json:"policy"`
+	Tags       []tagRecord    `json:"tags,omitempty"` // sorted by key
+	Rotation   rotationRecord `json:"rotation"`
 	// Versions[i] is key version i+1; the last one encrypts.
 	Versions          []versionRecord `json:"versions"`
 	OnDemandRotations int             `json:"onDemandRotations,omitempty"`

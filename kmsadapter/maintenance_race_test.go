@@ -1,0 +1,198 @@
+package kmsadapter_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kmsadapter"
+)
+
+// holdFirstDestroy is a Backend whose first DestroyKey waits until the
+// test releases it.
+type holdFirstDestroy struct {
+	kmsadapter.Backend
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdFirstDestroy) DestroyKey(ctx context.Context, id hsm.KeyID) error {
+	first := false
+	h.once.Do(func() { first = true })
+	if first {
+		close(h.entered)
+		<-h.release
+	}
+	return h.Backend.DestroyKey(ctx, id)
+}
+
+// TestCancelWhileTickDestroys: once Tick has begun destroying a key whose
+// waiting period ended, CancelKeyDeletion is refused
+// (KMSInvalidStateException) instead of reporting a cancellation that the
+// destruction then undoes; and a deletion cancelled before Tick reaches
+// the key is left alone even though Tick's list still showed it due.
+func TestCancelWhileTickDestroys(t *testing.T) {
+	e := newEnv(t)
+	doomed, kept := createKey(t, e.c), createKey(t, e.c)
+	enc, err := e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(kept), Plaintext: []byte("hello")})
+	require.NoError(t, err)
+	for _, id := range []string{doomed, kept} {
+		_, err = e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(id), PendingWindowInDays: i32(7)})
+		require.NoError(t, err)
+	}
+	e.clock.Advance(7*24*time.Hour + time.Minute)
+
+	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
+	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- c2.Tick(bg) }()
+	<-h.entered // Tick is destroying the first key of its list
+
+	var first, second string // in Tick's order: the first is being destroyed
+	for _, id := range []string{doomed, kept} {
+		_, err := c2.CancelKeyDeletion(bg, &kms.CancelKeyDeletionInput{KeyId: str(id)})
+		var inv *types.KMSInvalidStateException
+		if errors.As(err, &inv) {
+			first = id
+		} else {
+			require.NoError(t, err)
+			second = id
+		}
+	}
+	require.NotEmpty(t, first, "cancelling the key being destroyed should be refused")
+	require.NotEmpty(t, second, "cancelling the other key should succeed")
+	close(h.release)
+	require.NoError(t, <-done)
+
+	_, err = c2.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(first)})
+	var nf *types.NotFoundException
+	require.ErrorAs(t, err, &nf)
+	d, err := c2.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(second)})
+	require.NoError(t, err, "a cancelled deletion must keep the key")
+	require.Equal(t, types.KeyStateDisabled, d.KeyMetadata.KeyState)
+	if second == kept {
+		_, err = c2.EnableKey(bg, &kms.EnableKeyInput{KeyId: str(kept)})
+		require.NoError(t, err)
+		_, err = c2.Decrypt(bg, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+		require.NoError(t, err)
+	}
+}
+
+// TestReimportWhileTickExpires: Tick found imported material expired, but
+// before it reaches that key the material is imported again with a later
+// expiry. Tick leaves it: the key stays Enabled and usable.
+func TestReimportWhileTickExpires(t *testing.T) {
+	e := newEnv(t)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	x := *out.KeyMetadata.KeyId
+	// A key Tick destroys before it reaches x (Tick goes in ID order).
+	n := createKey(t, e.c)
+	for n > x {
+		n = createKey(t, e.c)
+	}
+	material := make([]byte, 32)
+	for i := range material {
+		material[i] = byte(i)
+	}
+	imp := func(c *kmsadapter.Client, validTo time.Time) {
+		p := getParams(t, c, x, types.AlgorithmSpecRsaesOaepSha1)
+		_, err := c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
+			EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material),
+			ExpirationModel:      types.ExpirationModelTypeKeyMaterialExpires, ValidTo: &validTo})
+		require.NoError(t, err)
+	}
+	imp(e.c, e.clock.Now().Add(7*24*time.Hour))
+	_, err = e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(n), PendingWindowInDays: i32(7)})
+	require.NoError(t, err)
+	e.clock.Advance(7*24*time.Hour + time.Minute)
+
+	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
+	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- c2.Tick(bg) }()
+	<-h.entered // Tick is destroying n; its list shows x's material expired
+	imp(e.c, e.clock.Now().Add(30*24*time.Hour))
+	close(h.release)
+	require.NoError(t, <-done)
+
+	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(x)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStateEnabled, d.KeyMetadata.KeyState)
+	_, err = e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(x), Plaintext: []byte("x")})
+	require.NoError(t, err)
+}
+
+// TestDeleteMaterialDuringReimport: key material is deleted while the same
+// material is being imported again. The import fails
+// (KMSInvalidStateException: import it again) rather than leaving an
+// Enabled key whose material is gone; importing again then works.
+func TestDeleteMaterialDuringReimport(t *testing.T) {
+	e := newEnv(t)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	x := *out.KeyMetadata.KeyId
+	material := make([]byte, 32)
+	imp := func(c *kmsadapter.Client, p *kms.GetParametersForImportOutput) error {
+		_, err := c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
+			EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material),
+			ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire})
+		return err
+	}
+	require.NoError(t, imp(e.c, getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)))
+
+	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
+	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	p := getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)
+	done := make(chan error, 1)
+	go func() { done <- imp(c2, p) }()
+	<-h.entered // the re-import is destroying its check copy of the material
+	_, err = e.c.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(x)})
+	require.NoError(t, err)
+	close(h.release)
+	var inv *types.KMSInvalidStateException
+	require.ErrorAs(t, <-done, &inv)
+
+	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(x)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStatePendingImport, d.KeyMetadata.KeyState)
+	require.NoError(t, imp(e.c, getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)))
+	_, err = e.c.Encrypt(bg, &kms.EncryptInput{KeyId: str(x), Plaintext: []byte("x")})
+	require.NoError(t, err)
+}
+
+// TestSlowCreateRolledBack: a CreateKey whose HSM work outlasts
+// CreateTimeout is rolled back by another replica's Tick (its HSM key
+// destroyed, its record deleted). The CreateKey then fails
+// (DependencyTimeoutException) instead of writing back an Enabled record
+// whose key no longer exists.
+func TestSlowCreateRolledBack(t *testing.T) {
+	e := newEnv(t)
+	c2, err := kmsadapter.New(e.backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	e.c.SetTestHook(func(step string) error {
+		if step == "generated" { // the HSMs were slow; another replica ticks
+			e.clock.Advance(e.cfg.CreateTimeout + time.Second)
+			require.NoError(t, c2.Tick(bg))
+		}
+		return nil
+	})
+	_, err = e.c.CreateKey(bg, &kms.CreateKeyInput{})
+	var timeout *types.DependencyTimeoutException
+	require.ErrorAs(t, err, &timeout)
+	e.c.SetTestHook(nil)
+	keys, err := e.c.ListKeys(bg, &kms.ListKeysInput{})
+	require.NoError(t, err)
+	require.Empty(t, keys.Keys, "no key should be left of the rolled-back creation")
+}
