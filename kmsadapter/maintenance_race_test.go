@@ -3,6 +3,7 @@ package kmsadapter_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -195,4 +196,66 @@ func TestSlowCreateRolledBack(t *testing.T) {
 	keys, err := e.c.ListKeys(bg, &kms.ListKeysInput{})
 	require.NoError(t, err)
 	require.Empty(t, keys.Keys, "no key should be left of the rolled-back creation")
+}
+
+// holdFirstGenerate is a Backend whose first GenerateKey waits, after
+// making the key, until the test releases it.
+type holdFirstGenerate struct {
+	kmsadapter.Backend
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdFirstGenerate) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpec, opts hsm.KeyOptions) (hsm.KeyInfo, error) {
+	info, err := h.Backend.GenerateKey(ctx, id, spec, opts)
+	first := false
+	h.once.Do(func() { first = true })
+	if first {
+		close(h.entered)
+		<-h.release
+	}
+	return info, err
+}
+
+// TestRotationOfAKeyDisabledMeanwhile: a key disabled while its rotation
+// makes the new key material is not rotated (DisabledException), and its
+// versions are unchanged.
+func TestRotationOfAKeyDisabledMeanwhile(t *testing.T) {
+	e := newEnv(t)
+	id := createKey(t, e.c)
+	h := &holdFirstGenerate{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
+	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c2.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(id)})
+		done <- err
+	}()
+	<-h.entered
+	_, err = e.c.DisableKey(bg, &kms.DisableKeyInput{KeyId: str(id)})
+	require.NoError(t, err)
+	close(h.release)
+	var dis *types.DisabledException
+	require.ErrorAs(t, <-done, &dis)
+	rot, err := e.c.ListKeyRotations(bg, &kms.ListKeyRotationsInput{KeyId: str(id)})
+	require.NoError(t, err)
+	require.Empty(t, rot.Rotations)
+}
+
+// TestMetadataSlicesAreTheCallers: a caller writing into the algorithm
+// lists of one key's metadata changes nothing for any other call.
+func TestMetadataSlicesAreTheCallers(t *testing.T) {
+	e := newEnv(t)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{KeySpec: types.KeySpecRsa2048, KeyUsage: types.KeyUsageTypeSignVerify})
+	require.NoError(t, err)
+	algs := out.KeyMetadata.SigningAlgorithms
+	require.NotEmpty(t, algs)
+	want := slices.Clone(algs)
+	for i := range algs {
+		algs[i] = "TAMPERED"
+	}
+	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: out.KeyMetadata.KeyId})
+	require.NoError(t, err)
+	require.Equal(t, want, d.KeyMetadata.SigningAlgorithms)
 }

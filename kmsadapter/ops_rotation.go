@@ -171,6 +171,9 @@ func (c *Client) rotate(ctx context.Context, id string, typ types.RotationType) 
 	}
 	now := c.now()
 	out, err := c.updateKey(ctx, id, func(r *keyRecord) error {
+		if err := c.rotatable(r); err != nil {
+			return err // disabled, or scheduled for deletion, meanwhile
+		}
 		if len(r.Versions)+1 != n {
 			return conflict("the key was rotated concurrently")
 		}

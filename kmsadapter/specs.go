@@ -2,6 +2,7 @@ package kmsadapter
 
 import (
 	"crypto"
+	"slices"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
@@ -75,7 +76,7 @@ func (r *keyRecord) signingAlgorithms() []types.SigningAlgorithmSpec {
 	if r.Usage != types.KeyUsageTypeSignVerify {
 		return nil
 	}
-	return keySpecs[r.Spec].sign
+	return slices.Clone(keySpecs[r.Spec].sign) // the caller may write into it
 }
 
 func (r *keyRecord) macAlgorithms() []types.MacAlgorithmSpec {
