@@ -133,3 +133,42 @@ func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveMemberDownSinceStart: a member down since the cluster started
+// (its own key-encryption key never read) is removed, and the copies of
+// its key-encryption key on the others are destroyed all the same.
+func TestRemoveMemberDownSinceStart(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	_, _, kek2 := e.c.members[2].snapshot()
+	cat := e.c.catalog
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sh.Members[2].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	var opts []Option
+	for i, m := range e.sh.Members {
+		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
+	}
+	c, err := New(ctx, e.cfg, append(opts, WithCatalog(cat), WithClock(newFakeClock()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Remove(ctx, "m2"); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	for i := range 2 {
+		keys, err := c.members[i].token().ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.ID == kek2 {
+				t.Errorf("m%d still holds the removed member's key-encryption key", i)
+			}
+		}
+	}
+}

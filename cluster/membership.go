@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/hsmkms/hsmkms/hsm"
 )
@@ -270,6 +271,15 @@ func (c *Cluster) Remove(ctx context.Context, name string) error {
 	if tok != nil {
 		errs = append(errs, tok.Close())
 	}
+	if kek == "" {
+		// Not reached since this process started, so its own key is not
+		// known: it is the copy of a key-encryption key that no remaining
+		// member owns, when every remaining member's own key is known.
+		var err error
+		if kek, err = c.orphanKEK(); err != nil {
+			errs = append(errs, fmt.Errorf("%s's key-encryption key: %w", name, err))
+		}
+	}
 	if kek != "" {
 		for _, x := range c.members {
 			if x != m && x.has(kek) {
@@ -284,4 +294,43 @@ func (c *Cluster) Remove(ctx context.Context, name string) error {
 		}
 	}
 	return joinErrs(errs)
+}
+
+// orphanKEK returns the one key-encryption key that the remaining members
+// hold copies of and none of them owns: a removed member's.
+func (c *Cluster) orphanKEK() (hsm.KeyID, error) {
+	owned := map[hsm.KeyID]bool{}
+	var live []*member
+	for _, x := range c.members {
+		x.mu.RLock()
+		removed, own := x.removed, x.kek
+		x.mu.RUnlock()
+		if removed {
+			continue
+		}
+		if own == "" {
+			return "", fmt.Errorf("not known, nor is %s's own, so the copies of the two cannot be told apart; none destroyed", x.name)
+		}
+		owned[own] = true
+		live = append(live, x)
+	}
+	found := map[hsm.KeyID]bool{}
+	for _, x := range live {
+		x.mu.RLock()
+		for id := range x.holds {
+			if strings.HasPrefix(string(id), kekPrefix) && !owned[id] {
+				found[id] = true
+			}
+		}
+		x.mu.RUnlock()
+	}
+	switch len(found) {
+	case 0:
+		return "", nil // no copy is left anywhere
+	case 1:
+		for id := range found {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("not known, and %d key-encryption keys have no remaining owner; none destroyed", len(found))
 }
