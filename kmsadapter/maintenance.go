@@ -12,10 +12,11 @@ import (
 )
 
 // Tick does the work that falls due with time, as of the Client's clock:
-//   - keys whose deletion window ended: their key material is destroyed
-//     through the Backend (on every member of a cluster), their aliases
-//     removed, a tombstone kept for every destroyed HSM key, the record
-//     deleted;
+//   - keys whose deletion window ended: the record is marked, from which
+//     point CancelKeyDeletion is refused (KMSInvalidStateException); then
+//     their key material is destroyed through the Backend (on every
+//     member of a cluster), their aliases removed, a tombstone kept for
+//     every destroyed HSM key, the record deleted;
 //   - keys whose automatic rotation date passed get a new key version;
 //   - imported key material past its ValidTo is destroyed and the key
 //     goes to PendingImport;
