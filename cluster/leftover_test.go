@@ -1,76 +1,13 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
 )
-
-// TestLeftoverIsReplacedByTheNewKey: a member holds a key under an ID the
-// catalog does not know (a process crashed between that member's unwrap
-// and the catalog write; the suspect marks that would remove it are gone
-// with the process). Creating the ID replaces the leftover on that member
-// too, even when the quorum could be met without it; after a restart and
-// an anti-entropy pass, every ciphertext the cluster makes decrypts with
-// the key another member holds.
-func TestLeftoverIsReplacedByTheNewKey(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		mut  func(*Config)
-		prep func(e *env)
-	}{
-		{"write quorum 2", func(c *Config) { c.WriteQuorum = 2 }, func(*env) {}},
-		{"default quorum, member degraded", nil, func(e *env) {
-			e.c.memberFault(e.c.members[0], errors.New("transient"))
-			e.requireStates(Degraded, Healthy, Healthy)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, 3, tc.mut)
-			ctx := context.Background()
-			if _, err := e.c.members[0].token().GenerateKey(ctx, "dup", hsm.AES256, hsm.KeyOptions{Extractable: true}); err != nil {
-				t.Fatal(err)
-			}
-			tc.prep(e)
-			if _, err := e.c.GenerateKey(ctx, "dup", hsm.AES256, hsm.KeyOptions{}); err != nil {
-				t.Fatalf("creation: %v", err)
-			}
-			if !e.c.members[0].has("dup") {
-				t.Fatal("member 0 should hold the new key")
-			}
-
-			cat := e.c.catalog
-			if err := e.c.Close(); err != nil {
-				t.Fatal(err)
-			}
-			c2, err := New(ctx, e.cfg, WithCatalog(cat), WithClock(newFakeClock()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c2.Close()
-			if _, err := c2.AntiEntropy(ctx); err != nil {
-				t.Fatal(err)
-			}
-			// Every member's copy is the same key: what one encrypts,
-			// another decrypts.
-			for i, m := range c2.members {
-				ct, iv, err := m.token().EncryptGCM(ctx, "dup", nil, []byte("hello"), nil)
-				if err != nil {
-					t.Fatalf("member %d: %v", i, err)
-				}
-				other := c2.members[(i+1)%len(c2.members)]
-				if pt, err := other.token().DecryptGCM(ctx, "dup", iv, ct, nil); err != nil || !bytes.Equal(pt, []byte("hello")) {
-					t.Fatalf("member %d's copy of the key is not member %d's: %v", i, (i+1)%len(c2.members), err)
-				}
-			}
-		})
-	}
-}
 
 // TestProbesAndRepairsRunTogether: health probes and anti-entropy passes
 // at the same time (the race detector fails this test if they share

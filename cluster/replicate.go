@@ -150,9 +150,6 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 			continue
 		}
 		info, err = attempt(c, ctx, m, op, makeKey)
-		if errors.Is(err, hsm.ErrKeyExists) && c.destroyLeftover(ctx, m, id) {
-			info, err = attempt(c, ctx, m, op, makeKey)
-		}
 		if err == nil {
 			origin = m
 			break
@@ -183,7 +180,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 			others = append(others, m)
 		}
 	}
-	done, errs := c.replicate(ctx, origin, id, spec, info.Usage, others, true)
+	done, errs := c.replicate(ctx, origin, id, spec, info.Usage, others)
 	for _, e := range errs {
 		if mayHaveMade(e) {
 			// The catalog does not know id, so what is there, or may
@@ -233,7 +230,7 @@ func (c *Cluster) generateEverywhere(ctx context.Context, id hsm.KeyID, spec hsm
 		var wg sync.WaitGroup
 		for _, m := range targets {
 			wg.Go(func() {
-				err := c.unwrapNew(ctx, m, req)
+				err := c.unwrapOn(ctx, m, req)
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -335,7 +332,7 @@ func (c *Cluster) rollback(ctx context.Context, id hsm.KeyID, holders []*member)
 // origin wraps it under its key-encryption key (AES key wrap with
 // padding), each recipient unwraps it inside its token. It returns the
 // members that now hold it and the errors of the others.
-func (c *Cluster) replicate(ctx context.Context, origin *member, id hsm.KeyID, spec hsm.KeySpec, usage hsm.Usage, others []*member, fresh bool) ([]*member, []*MemberError) {
+func (c *Cluster) replicate(ctx context.Context, origin *member, id hsm.KeyID, spec hsm.KeySpec, usage hsm.Usage, others []*member) ([]*member, []*MemberError) {
 	if len(others) == 0 {
 		return nil, nil
 	}
@@ -364,13 +361,9 @@ func (c *Cluster) replicate(ctx context.Context, origin *member, id hsm.KeyID, s
 	var done []*member
 	var errs []*MemberError
 	var wg sync.WaitGroup
-	unwrap := c.unwrapOn
-	if fresh {
-		unwrap = c.unwrapNew
-	}
 	for _, m := range others {
 		wg.Go(func() {
-			err := unwrap(ctx, m, req)
+			err := c.unwrapOn(ctx, m, req)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -420,37 +413,6 @@ func kekEverywhereFirst(targets []*member) []*member {
 		}
 	}
 	return append(out, rest...)
-}
-
-// unwrapNew is unwrapOn for a key being created. The catalog does not
-// know req.ID (checked under the key's lock, and IDs are never reused), so
-// whatever a member already holds under it was left by an earlier failed
-// creation; the suspect marks that would have removed it are kept in
-// memory only, and a re-sync after a restart would take it for the new
-// key. It is destroyed and the unwrap tried once more, so that no member
-// keeps an old key under a new key's ID.
-func (c *Cluster) unwrapNew(ctx context.Context, m *member, req hsm.UnwrapRequest) error {
-	err := c.unwrapOn(ctx, m, req)
-	if errors.Is(err, hsm.ErrKeyExists) && c.destroyLeftover(ctx, m, req.ID) {
-		err = c.unwrapOn(ctx, m, req)
-	}
-	return err
-}
-
-// destroyLeftover destroys what member m holds under id, a key the
-// catalog does not know, and reports whether m holds nothing of ours
-// under id now.
-func (c *Cluster) destroyLeftover(ctx context.Context, m *member, id hsm.KeyID) bool {
-	_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
-		return struct{}{}, t.DestroyKey(ctx, id)
-	})
-	if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-		return false
-	}
-	if err == nil {
-		c.log.Warn("cluster: destroyed a leftover of an earlier failed creation", "member", m.name, "key", id)
-	}
-	return true
 }
 
 // DestroyKey destroys a key on every member. The catalog records the
@@ -516,7 +478,7 @@ func (c *Cluster) copyKey(ctx context.Context, rec KeyRecord, dst *member) error
 		if src == dst || (st != Healthy && st != Degraded) || kek == "" || !src.has(rec.ID) || !dst.has(kek) {
 			continue
 		}
-		done, merrs := c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst}, false)
+		done, merrs := c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst})
 		if len(merrs) == 1 && errors.Is(merrs[0], hsm.ErrKeyExists) {
 			// Copied by a creation that ran meanwhile. (Leftovers of failed
 			// creations are suspects, destroyed before any copy.)
