@@ -2,7 +2,10 @@ package hsm_test
 
 import (
 	"context"
+	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,4 +274,84 @@ func TestErrorsNameTheirOperation(t *testing.T) {
 	assert.Equal(t, hsm.OpEncrypt, he.Op)
 	assert.NotEmpty(t, he.Token)
 	assert.NotZero(t, he.Code)
+}
+
+// TestReloginForgetsCachedHandles: the application is logged out behind
+// the pool's back (another call closed its last session while a new one
+// was being opened). The new session logs in again and the key cache is
+// emptied: the module dropped the handles, and may number objects anew.
+func TestReloginForgetsCachedHandles(t *testing.T) {
+	ctx := context.Background()
+	gs := &gates{}
+	tok := openGated(t, member(t), gs, nil)
+	require.NoError(t, encryptOnce(ctx, tok))
+	require.Equal(t, 1, hsm.CachedKeys(tok))
+
+	gA := gs.arm(hsm.OpEncrypt, false)
+	actx, cancelA := context.WithCancel(ctx)
+	defer cancelA()
+	a := async(func() error { return encryptOnce(actx, tok) }) // A holds the only session
+	<-gA.entered
+	gB := gs.arm(hsm.OpOpen, false)
+	b := async(func() error { _, err := tok.Random(ctx, 8); return err }) // B opens one
+	<-gB.entered
+	cancelA()
+	require.ErrorIs(t, <-a, context.Canceled)
+	closed := gs.arm(hsm.OpOpen, false) // A's C_CloseSession: logged out
+	gA.open()
+	<-closed.entered
+	closed.open()
+	<-closed.done
+	gB.open()
+	require.NoError(t, <-b)
+	assert.Zero(t, hsm.CachedKeys(tok), "handles cached before the logout should be forgotten")
+	require.NoError(t, encryptOnce(ctx, tok))
+}
+
+// panicInOpen is an Interceptor that, once armed, panics once around the
+// C_OpenSession of a new pool session.
+type panicInOpen struct {
+	next  hsm.Interceptor
+	armed atomic.Bool
+}
+
+func (p *panicInOpen) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+	if op == hsm.OpOpen && goroutineIn("hsm.(*Token).getSession(") && !goroutineIn("hsm.(*Token).reconnect(") &&
+		p.armed.CompareAndSwap(true, false) {
+		panic("open panics")
+	}
+	return p.next.Intercept(ctx, op, call)
+}
+
+// goroutineIn reports whether the calling goroutine's stack holds fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<16)
+	return strings.Contains(string(buf[:runtime.Stack(buf, false)]), fn)
+}
+
+// TestRecoveredPanicInOpenSession: a panic around C_OpenSession on the
+// caller's goroutine, recovered by the caller, leaves no session counted
+// as out: after the next session-fatal code a new generation still gets
+// its sessions.
+func TestRecoveredPanicInOpenSession(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	cfg := m.Config()
+	cfg.CallTimeout = hsm.NoCallTimeout
+	p := &panicInOpen{next: m.Faults}
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(p))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tok.Close() })
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+
+	p.armed.Store(true)
+	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_SESSION_HANDLE_INVALID) // the retry opens a session
+	require.PanicsWithValue(t, "open panics", func() { _ = encryptOnce(ctx, tok) })
+
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	require.NoError(t, encryptOnce(bctx, tok))
+	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_SESSION_HANDLE_INVALID)
+	require.NoError(t, encryptOnce(bctx, tok), "a new generation should get a session")
 }

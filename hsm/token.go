@@ -581,49 +581,60 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 		}
 		return s, nil
 	}
-	for t.oldBorrowed > 0 {
-		ch := t.drained
-		t.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-t.closing:
-			return nil, ErrClosed
+	// Wait until no session of an older generation is out, reconnect if
+	// the generation asks for it, and count the new session as borrowed
+	// (from before C_OpenSession on, so that a generation started
+	// meanwhile waits for it as for any other: its handle is of the old
+	// module instance), all decided under one hold of t.mu.
+	for {
+		if t.oldBorrowed > 0 {
+			ch := t.drained
+			t.mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-t.closing:
+				return nil, ErrClosed
+			}
+			t.mu.Lock()
+			continue
 		}
-		t.mu.Lock()
-	}
-	needReconnect := t.needReconnect
-	t.mu.Unlock()
-
-	if needReconnect {
-		if err := t.reconnect(ctx); err != nil {
-			return nil, err
+		if t.needReconnect {
+			t.mu.Unlock()
+			if err := t.reconnect(ctx); err != nil {
+				return nil, err
+			}
+			t.mu.Lock()
+			continue
 		}
+		break
 	}
-	// The session counts as borrowed from before C_OpenSession on, so that
-	// a new generation started meanwhile waits for it as for any other
-	// (its handle is of the old module instance).
-	t.mu.Lock()
 	gen, slot := t.gen, t.slot
 	t.borrowed++
 	t.mu.Unlock()
 
 	var h pkcs11.SessionHandle
+	opened := false
+	defer func() {
+		if !opened { // an error, or a panic in the Interceptor
+			t.mu.Lock()
+			t.unborrow(gen)
+			t.mu.Unlock()
+		}
+	}()
 	err := t.intercept(ctx, OpOpen, func() error {
 		var err error
 		h, err = t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 		return err
 	})
 	if err != nil {
-		t.mu.Lock()
-		t.unborrow(gen)
-		t.mu.Unlock()
 		if code, ok := asCKR(err); ok && sessionFatal(code) {
 			t.invalidate(gen, "open session: "+code.Error())
 		}
 		return nil, err
 	}
+	opened = true
 	s := &session{h: h, gen: gen}
 	if err := t.ready(ctx, s, true); err != nil {
 		return nil, err
@@ -686,6 +697,10 @@ func (t *Token) logInIfNeeded(ctx context.Context, s *session, fresh bool) error
 		if si.State == pkcs11.CKS_RW_USER_FUNCTIONS || si.State == pkcs11.CKS_RO_USER_FUNCTIONS {
 			return nil
 		}
+		// Logged out behind the pool's back (the application's last
+		// session was closed): the module dropped its object handles,
+		// and a new login may number the objects anew.
+		t.keys.clear()
 	}
 	return t.login(ctx, s)
 }
