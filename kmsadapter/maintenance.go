@@ -52,6 +52,9 @@ func (c *Client) Tick(ctx context.Context) error {
 		if err == nil && r.Import != nil && !now.Before(r.Import.ValidTo) {
 			err = c.dropImport(ctx, r.ID, r.Import.Token)
 		}
+		if err == nil && len(r.Orphans) > 0 {
+			err = c.destroyOrphans(ctx, r.ID, r.Orphans)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("key %s: %w", r.ID, err))
 		}
@@ -161,6 +164,7 @@ func (c *Client) destroyKey(ctx context.Context, r *keyRecord) error {
 	if r.Import != nil {
 		hsmKeys = append(hsmKeys, r.Import.WrappingKey)
 	}
+	hsmKeys = append(hsmKeys, r.Orphans...)
 	for _, k := range hsmKeys {
 		if err := c.backend.DestroyKey(ctx, k); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 			return backendErr(err, "destroying key material")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,4 +259,73 @@ func TestMetadataSlicesAreTheCallers(t *testing.T) {
 	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: out.KeyMetadata.KeyId})
 	require.NoError(t, err)
 	require.Equal(t, want, d.KeyMetadata.SigningAlgorithms)
+}
+
+// TestCreateRolledBackBeforeItsKeyWasMade: the rollback runs while the
+// HSM key is still being made (it finds nothing to destroy). The CreateKey
+// fails, and the HSM key it then made is not left behind.
+func TestCreateRolledBackBeforeItsKeyWasMade(t *testing.T) {
+	e := newEnv(t)
+	require.NotNil(t, e.tok)
+	before, err := e.tok.ListKeys(bg)
+	require.NoError(t, err)
+	c2, err := kmsadapter.New(e.backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	e.c.SetTestHook(func(step string) error {
+		if step == "created-record" { // another replica ticks before the HSM key exists
+			e.clock.Advance(e.cfg.CreateTimeout + time.Second)
+			require.NoError(t, c2.Tick(bg))
+		}
+		return nil
+	})
+	_, err = e.c.CreateKey(bg, &kms.CreateKeyInput{})
+	var timeout *types.DependencyTimeoutException
+	require.ErrorAs(t, err, &timeout)
+	after, err := e.tok.ListKeys(bg)
+	require.NoError(t, err)
+	require.Len(t, after, len(before), "the rolled-back creation's HSM key should be gone")
+}
+
+// failFirstDestroy is a Backend whose first DestroyKey fails.
+type failFirstDestroy struct {
+	kmsadapter.Backend
+	failed atomic.Bool
+}
+
+func (f *failFirstDestroy) DestroyKey(ctx context.Context, id hsm.KeyID) error {
+	if f.failed.CompareAndSwap(false, true) {
+		return &hsm.Error{Op: hsm.OpDestroyKey, Err: hsm.ErrTimeout} // the HSM stalled
+	}
+	return f.Backend.DestroyKey(ctx, id)
+}
+
+// TestDeletedMaterialIsDestroyedLater: DeleteImportedKeyMaterial whose
+// HSM destroy fails still takes the material out of use (PendingImport),
+// and the next Tick destroys the HSM key it left.
+func TestDeletedMaterialIsDestroyedLater(t *testing.T) {
+	e := newEnv(t)
+	require.NotNil(t, e.tok)
+	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	x := *out.KeyMetadata.KeyId
+	p := getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)
+	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
+		EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, make([]byte, 32)),
+		ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire})
+	require.NoError(t, err)
+	withMaterial, err := e.tok.ListKeys(bg)
+	require.NoError(t, err)
+
+	c2, err := kmsadapter.New(&failFirstDestroy{Backend: e.backend}, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	_, err = c2.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(x)})
+	require.Error(t, err)
+	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(x)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStatePendingImport, d.KeyMetadata.KeyState)
+
+	require.NoError(t, e.c.Tick(bg))
+	after, err := e.tok.ListKeys(bg)
+	require.NoError(t, err)
+	require.Len(t, after, len(withMaterial)-1, "Tick should destroy the material's HSM key")
 }

@@ -402,6 +402,9 @@ func (c *Client) removeMaterial(ctx context.Context, id string, expiredOnly bool
 		hk = v.HSMKey
 		v.Present, v.HSMKey = false, ""
 		r.ValidTo = nil
+		if hk != "" {
+			r.Orphans = append(r.Orphans, hk) // until its destruction is confirmed
+		}
 		if r.State == types.KeyStateEnabled || r.State == types.KeyStateDisabled {
 			r.State = types.KeyStatePendingImport
 		}
@@ -414,11 +417,37 @@ func (c *Client) removeMaterial(ctx context.Context, id string, expiredOnly bool
 		return err
 	}
 	if hk != "" {
-		if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-			return backendErr(err, "deleting key material")
+		if err := c.destroyOrphans(ctx, id, []hsm.KeyID{hk}); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// destroyOrphans destroys the HSM keys hks, listed in the record's
+// Orphans, and takes those destroyed off the list. What fails stays
+// listed, and the next Tick tries again.
+func (c *Client) destroyOrphans(ctx context.Context, id string, hks []hsm.KeyID) error {
+	var done []hsm.KeyID
+	var errs []error
+	for _, hk := range hks {
+		if err := c.backend.DestroyKey(ctx, hk); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			errs = append(errs, backendErr(err, "deleting key material"))
+			continue
+		}
+		done = append(done, hk)
+	}
+	if len(done) > 0 {
+		_, err := c.updateKey(ctx, id, func(r *keyRecord) error {
+			r.Orphans = slices.DeleteFunc(r.Orphans, func(k hsm.KeyID) bool { return slices.Contains(done, k) })
+			return nil
+		})
+		var gone *types.NotFoundException
+		if err != nil && !errors.As(err, &gone) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // expireMaterial is deleteMaterial when ValidTo has passed.

@@ -244,6 +244,13 @@ func (c *Client) createKey(ctx context.Context, in *kms.CreateKeyInput) (*kms.Cr
 		})
 	}
 	if errors.Is(err, errRolledBack) {
+		// The rollback may have run before step 2 made the HSM key: it
+		// is nobody's now.
+		if hk := r.Versions[0].HSMKey; hk != "" {
+			if derr := c.backend.DestroyKey(context.WithoutCancel(ctx), hk); derr != nil && !errors.Is(derr, hsm.ErrKeyNotFound) {
+				c.log.Warn("destroying the HSM key of a rolled-back creation", "hsmKey", hk, "err", derr)
+			}
+		}
 		return nil, dependencyTimeout("creating the key took longer than %s and was rolled back; create it again", c.cfg.CreateTimeout)
 	}
 	if err != nil {

@@ -46,6 +46,9 @@ type keyRecord struct {
 	ImportCount     int                       `json:"importCount,omitempty"`
 	ExpirationModel types.ExpirationModelType `json:"expirationModel,omitempty"`
 	ValidTo         *time.Time                `json:"validTo,omitempty"`
+	// Orphans: HSM keys of material removed from the record whose
+	// destruction is not yet confirmed; Tick destroys them.
+	Orphans []hsm.KeyID `json:"orphans,omitempty"`
 
 	arn string // the key ARN, set before a verified record is cached
 }
