@@ -2,6 +2,7 @@ package hsm_test
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"strings"
 	"sync"
@@ -354,4 +355,60 @@ func TestRecoveredPanicInOpenSession(t *testing.T) {
 	require.NoError(t, encryptOnce(bctx, tok))
 	m.Faults.FailNext(hsm.OpEncrypt, 1, pkcs11.CKR_SESSION_HANDLE_INVALID)
 	require.NoError(t, encryptOnce(bctx, tok), "a new generation should get a session")
+}
+
+// failAfterOpen is an Interceptor that, once armed, lets one
+// C_OpenSession of a new pool session through and then reports an error.
+type failAfterOpen struct {
+	next  hsm.Interceptor
+	armed atomic.Bool
+}
+
+func (f *failAfterOpen) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+	if op == hsm.OpOpen && goroutineIn("hsm.(*Token).getSession(") && !goroutineIn("hsm.(*Token).reconnect(") &&
+		f.armed.CompareAndSwap(true, false) {
+		if err := call(); err != nil {
+			return err
+		}
+		return errors.New("interceptor refuses the session")
+	}
+	return f.next.Intercept(ctx, op, call)
+}
+
+// TestSessionOpenedButRefusedIsClosed: an Interceptor that fails a
+// C_OpenSession the module carried out leaves no session open.
+func TestSessionOpenedButRefusedIsClosed(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	cfg := m.Config()
+	cfg.MaxSessions = 1
+	f := &failAfterOpen{next: m.Faults}
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(f))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tok.Close() })
+
+	p := pkcs11.New(m.LibPath)
+	require.NotNil(t, p)
+	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		require.NoError(t, err)
+	}
+	openSessions := func() int {
+		n := 0
+		for h := range pkcs11.SessionHandle(256) {
+			if _, err := p.GetSessionInfo(h); err == nil {
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, 1, openSessions())
+
+	f.armed.Store(true)
+	m.Faults.FailNext(hsm.OpRandom, 1, pkcs11.CKR_OPERATION_ACTIVE) // the session is dropped; the retry opens one
+	_, err = tok.Random(ctx, 8)
+	require.ErrorContains(t, err, "interceptor refuses the session")
+	assert.Zero(t, openSessions(), "the refused session should be closed")
+	_, err = tok.Random(ctx, 8)
+	require.NoError(t, err)
 }

@@ -618,6 +618,12 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 	opened := false
 	defer func() {
 		if !opened { // an error, or a panic in the Interceptor
+			if h != 0 {
+				// The module opened it, and the Interceptor failed after:
+				// closed while still counted, so that no session of a
+				// newer generation can hold the same handle yet.
+				_ = t.mod.ctx.CloseSession(h)
+			}
 			t.mu.Lock()
 			t.unborrow(gen)
 			t.mu.Unlock()
