@@ -45,16 +45,47 @@ var knownOps = map[string]bool{
 	"ArnEquals": true, "ArnLike": true, "ArnNotEquals": true, "ArnNotLike": true,
 }
 
+// knownCondKeys are the condition keys (lower case) a request to this
+// server can carry; kms:EncryptionContext:<key> is matched by prefix.
+var knownCondKeys = map[string]bool{
+	"kms:calleraccount": true, "aws:principalarn": true, "aws:principalaccount": true,
+	"kms:encryptioncontextkeys": true, "kms:encryptionalgorithm": true, "kms:datakeypairspec": true,
+	"kms:signingalgorithm": true, "kms:messagetype": true, "kms:macalgorithm": true,
+}
+
+// knownElements are the statement elements this server evaluates.
+var knownElements = map[string]bool{
+	"Sid": true, "Effect": true, "Principal": true, "NotPrincipal": true, "Action": true, "NotAction": true,
+	"Resource": true, "NotResource": true, "Condition": true,
+}
+
 // ParsePolicy parses a key policy document. It rejects what it would not
-// evaluate faithfully: an unknown Effect or condition operator, a
-// statement without Action or Principal.
+// evaluate faithfully: an unknown Effect, condition operator, condition
+// key or element (a misspelt "Condtion" would otherwise turn a
+// conditional Allow into an unconditional one, and a Deny on a key this
+// server never supplies would never apply), a statement without Action
+// or Principal.
 func ParsePolicy(doc string) (*Policy, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(doc), &top); err != nil {
+		return nil, fmt.Errorf("the policy is not a JSON object: %w", err)
+	}
 	var raw struct {
 		Version   string
 		Statement json.RawMessage
 	}
-	if err := json.Unmarshal([]byte(doc), &raw); err != nil {
-		return nil, fmt.Errorf("the policy is not a JSON object: %w", err)
+	for k, v := range top {
+		switch k {
+		case "Version":
+			if err := json.Unmarshal(v, &raw.Version); err != nil {
+				return nil, fmt.Errorf("Version: %w", err)
+			}
+		case "Statement":
+			raw.Statement = v
+		case "Id":
+		default:
+			return nil, fmt.Errorf("unknown policy element %q", k)
+		}
 	}
 	var stmts []map[string]json.RawMessage
 	if len(raw.Statement) == 0 {
@@ -85,6 +116,11 @@ func ParsePolicy(doc string) (*Policy, error) {
 
 func parseStatement(m map[string]json.RawMessage) (Statement, error) {
 	var st Statement
+	for k := range m {
+		if !knownElements[k] {
+			return st, fmt.Errorf("unknown or unsupported element %q", k)
+		}
+	}
 	if v, ok := m["Sid"]; ok {
 		_ = json.Unmarshal(v, &st.Sid)
 	}
@@ -223,8 +259,12 @@ func parseConditions(raw json.RawMessage) ([]Condition, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", opName, k, err)
 			}
+			lk := strings.ToLower(k)
+			if !knownCondKeys[lk] && !strings.HasPrefix(lk, "kms:encryptioncontext:") {
+				return nil, fmt.Errorf("condition key %q is not supported by this server", k)
+			}
 			cc := c
-			cc.Key, cc.Values = strings.ToLower(k), vals
+			cc.Key, cc.Values = lk, vals
 			out = append(out, cc)
 		}
 	}

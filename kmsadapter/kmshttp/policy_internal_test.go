@@ -95,6 +95,14 @@ func TestPrincipalsActionsResources(t *testing.T) {
 		`{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"DateLessThan":{"aws:CurrentTime":"2020"}}}]}`,
 		`{"Statement":[{"Effect":"Allow","Principal":"bob","Action":"kms:*","Resource":"*"}]}`,
 		`{"Statement":[]}`, `[]`, `{"Statement":"x"}`,
+		// What this server would not evaluate as written: a condition key
+		// it never supplies (the Deny would never apply), a misspelt
+		// element (the Allow would lose its condition), a top-level name
+		// in the wrong case.
+		`{"Statement":[{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"false"}}}]}`,
+		`{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEquals":{"kms:ViaService":"s3.amazonaws.com"}}}]}`,
+		`{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condtion":{"StringEquals":{"kms:EncryptionContext:tenant":"acme"}}}]}`,
+		`{"statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}`,
 	} {
 		_, err := ParsePolicy(bad)
 		require.Error(t, err, bad)
