@@ -183,3 +183,17 @@ func TestSecretNeverPrints(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, string(b), "alice-secret")
 }
+
+// TestAuthTargetMustBeSigned: a request whose signature does not cover
+// X-Amz-Target is refused, so that a captured request cannot be replayed
+// as another operation on the same body (DescribeKey's body, sent as
+// DisableKey).
+func TestAuthTargetMustBeSigned(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	req := rawRequest(t, e.srv.URL, "", "{}", &alice, time.Now()) // signed without a target
+	req.Header.Set("X-Amz-Target", "TrentService.ListKeys")       // added after signing
+	status, typ, msg := awsError(t, do(t, req))
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Equal(t, "InvalidSignatureException", typ, msg)
+	require.Contains(t, msg, "x-amz-target")
+}

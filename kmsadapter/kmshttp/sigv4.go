@@ -402,11 +402,14 @@ func (s *SigV4) expected(want *[sha256.Size]byte, r *http.Request, a authHeader,
 	}
 	vr := &http.Request{Method: r.Method, URL: u, Host: host, Header: http.Header{}}
 	names := strings.Split(a.signedHeaders, ";")
-	hasHost, hasDate := false, false
+	hasHost, hasDate, hasTarget := false, false, false
 	for _, n := range names {
 		switch n {
 		case "host":
 			hasHost = true
+		case "x-amz-target":
+			hasTarget = true
+			vr.Header[http.CanonicalHeaderKey(n)] = r.Header.Values(n)
 		case "content-length":
 			vr.ContentLength = r.ContentLength
 			if vr.ContentLength < 0 {
@@ -419,8 +422,11 @@ func (s *SigV4) expected(want *[sha256.Size]byte, r *http.Request, a authHeader,
 			vr.Header[http.CanonicalHeaderKey(n)] = r.Header.Values(n)
 		}
 	}
-	if !hasHost || !hasDate {
-		return invalidSig("SignedHeaders must include host and x-amz-date.")
+	if !hasHost || !hasDate || !hasTarget && r.Header.Get("X-Amz-Target") != "" {
+		// x-amz-target names the operation: unsigned, a captured request
+		// could be replayed as another operation on the same body. (A
+		// request without one is no operation at all, refused as such.)
+		return invalidSig("SignedHeaders must include host, x-amz-date and x-amz-target.")
 	}
 	creds := aws.Credentials{AccessKeyID: cred.AccessKeyID, SecretAccessKey: cred.SecretAccessKey.s}
 	if err := s.signer.SignHTTP(context.Background(), creds, vr, payloadHash, "kms", s.cfg.Region, t); err != nil {
