@@ -37,7 +37,10 @@
 // # Authorization
 //
 // Each operation needs an action (kms:Encrypt, ...) on a key, or, for
-// CreateKey, ListKeys, ListAliases and GenerateRandom, on the account. A
+// CreateKey, ListKeys, ListAliases and GenerateRandom, on the account;
+// CreateAlias, UpdateAlias and DeleteAlias need both, the alias being a
+// resource of its own. A request that names its key by an alias runs on
+// the key that was authorized, even if the alias has moved since. A
 // key's policy, read through the API (DescribeKey, GetKeyPolicy) and kept
 // for Config.KeyCacheTTL, decides with IAM's rules: Effect, Principal and
 // NotPrincipal (an ARN, an account ID or its root ARN, or "*"), Action and

@@ -394,9 +394,11 @@ func (h *Handler) authorize(ctx context.Context, p *Principal, c check) *Error {
 	}
 	switch k.policy.evaluate(&req) {
 	case allowed:
+		bindAlias(c, k.arn)
 		return nil
 	case allowedViaAccount:
 		if p.identityAllows(c.action) {
+			bindAlias(c, k.arn)
 			return nil
 		}
 		return accessDenied("User: %s is not authorized to perform: %s on resource: %s because no identity-based policy allows the %s action", p.ARN, c.action, k.arn, c.action)
@@ -404,6 +406,20 @@ func (h *Handler) authorize(ctx context.Context, p *Principal, c check) *Error {
 		return accessDenied("User: %s is not authorized to perform: %s on resource: %s with an explicit deny in a resource-based policy", p.ARN, c.action, k.arn)
 	}
 	return accessDenied("User: %s is not authorized to perform: %s on resource: %s because no resource-based policy allows the %s action", p.ARN, c.action, k.arn, c.action)
+}
+
+// bindAlias makes a request that names its key by an alias name the key
+// that was authorized, by writing that key's ARN into the request: the
+// call would otherwise resolve the alias again, and an alias moved in
+// between (by another replica, say) would run the request on a key whose
+// policy was never checked. Alias operations keep their alias names.
+func bindAlias(c check, keyARN string) {
+	if c.fromBlob || c.key == nil || strings.HasSuffix(c.action, "Alias") {
+		return
+	}
+	if k := *c.key; strings.HasPrefix(k, "alias/") || strings.HasPrefix(k, "arn:") && strings.Contains(k, ":alias/") {
+		*c.key = keyARN
+	}
 }
 
 func lowerFirst(s string) string {

@@ -196,14 +196,16 @@ var opTable = func() map[string]opSpec {
 			return on("kms:CancelKeyDeletion", in.KeyId, nil)
 		}, "KeyId"),
 
+		// An alias is a resource of its own, governed by the caller's
+		// own permissions as well as by the key's policy.
 		mutating(op(kmsadapter.API.CreateAlias, func(in *kms.CreateAliasInput) []check {
-			return on("kms:CreateAlias", in.TargetKeyId, nil)
+			return append(account("kms:CreateAlias"), on("kms:CreateAlias", in.TargetKeyId, nil)...)
 		}, "AliasName", "TargetKeyId")),
 		mutating(op(kmsadapter.API.UpdateAlias, func(in *kms.UpdateAliasInput) []check {
-			return append(on("kms:UpdateAlias", in.AliasName, nil), on("kms:UpdateAlias", in.TargetKeyId, nil)...)
+			return append(account("kms:UpdateAlias"), append(on("kms:UpdateAlias", in.AliasName, nil), on("kms:UpdateAlias", in.TargetKeyId, nil)...)...)
 		}, "AliasName", "TargetKeyId")),
 		mutating(op(kmsadapter.API.DeleteAlias, func(in *kms.DeleteAliasInput) []check {
-			return on("kms:DeleteAlias", in.AliasName, nil)
+			return append(account("kms:DeleteAlias"), on("kms:DeleteAlias", in.AliasName, nil)...)
 		}, "AliasName")),
 		op(kmsadapter.API.ListAliases, func(*kms.ListAliasesInput) []check { return account("kms:ListAliases") }),
 
