@@ -387,7 +387,10 @@ func (h *Handler) authorize(ctx context.Context, p *Principal, c check) *Error {
 	}
 	req := request{principal: p, action: c.action, resource: k.arn}
 	if k.policy.hasConditions() { // the default key policy has none
-		req.keys = c.keys.build()
+		var ok bool
+		if req.keys, ok = c.keys.build(); !ok {
+			return accessDenied("User: %s is not authorized to perform: %s on resource: %s because the encryption context has keys that differ only in case, which the key policy's conditions cannot tell apart", p.ARN, c.action, k.arn)
+		}
 		req.keys["kms:calleraccount"] = []string{p.AccountID}
 		req.keys["aws:principalarn"] = []string{p.ARN}
 		req.keys["aws:principalaccount"] = []string{p.AccountID}

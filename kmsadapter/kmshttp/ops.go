@@ -97,16 +97,23 @@ func condKeys(ec map[string]string, kv ...string) *condSource {
 }
 
 // build returns the condition keys, lower case; a nil source has none.
-func (c *condSource) build() map[string][]string {
-	m := map[string][]string{}
+// ok is false when the encryption context has two keys that differ only
+// in case: condition keys ignore case, so one of the two values would
+// stand for both, at random.
+func (c *condSource) build() (m map[string][]string, ok bool) {
+	m = map[string][]string{}
 	if c == nil {
-		return m
+		return m, true
 	}
 	ec, kv := c.ec, c.kv[:]
 	if len(ec) > 0 {
 		ks := make([]string, 0, len(ec))
 		for k, v := range ec {
-			m["kms:encryptioncontext:"+strings.ToLower(k)] = []string{v}
+			ck := "kms:encryptioncontext:" + strings.ToLower(k)
+			if _, dup := m[ck]; dup {
+				return nil, false
+			}
+			m[ck] = []string{v}
 			ks = append(ks, k)
 		}
 		m["kms:encryptioncontextkeys"] = ks
@@ -116,7 +123,7 @@ func (c *condSource) build() map[string][]string {
 			m[kv[i]] = []string{kv[i+1]}
 		}
 	}
-	return m
+	return m, true
 }
 
 // blobKeyID returns the key ID named in the header of a kmsadapter

@@ -46,6 +46,13 @@ func TestPolicyPrincipalsActionsConditions(t *testing.T) {
 	require.Contains(t, err.Error(), "arn:aws:iam::111122223333:user/bob is not authorized to perform: kms:Encrypt")
 	_, err = b.Encrypt(bg, &kms.EncryptInput{KeyId: id, Plaintext: []byte("x")})
 	require.Equal(t, kmshttp.CodeAccessDenied, code(err), "%v", err)
+	// Two context keys that differ only in case: the condition keys
+	// ignore case, so which value the policy saw would be chance. Refused,
+	// every time.
+	for range 20 {
+		_, err = b.Encrypt(bg, &kms.EncryptInput{KeyId: id, Plaintext: []byte("x"), EncryptionContext: map[string]string{"tenant": "acme", "TENANT": "globex"}})
+		require.Equal(t, kmshttp.CodeAccessDenied, code(err), "%v", err)
+	}
 	_, err = b.GenerateDataKey(bg, &kms.GenerateDataKeyInput{KeyId: id, NumberOfBytes: aws.Int32(32), EncryptionContext: acme})
 	require.NoError(t, err)
 	// Nothing else for bob, not even DescribeKey.
