@@ -425,8 +425,7 @@ func (t *Token) apply(s *session, id KeyID, fn opFunc) error {
 			return err
 		}
 		err = fn(s, e)
-		if c, ok := asCKR(err); ok && attempt == 0 &&
-			(c == CKR(pkcs11.CKR_KEY_HANDLE_INVALID) || c == CKR(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
+		if attempt == 0 && staleHandle(err) {
 			t.keys.drop(id)
 			continue
 		}
@@ -447,7 +446,6 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 	if max := t.profile().MaxLabelLen; max > 0 && len(keyLabel(id, spec)) > max {
 		return KeyInfo{}, t.wrap(OpGenerateKey, fmt.Errorf("%w: key ID %s makes a label longer than the token's %d bytes", ErrInvalidInput, id, max))
 	}
-	si := specs[spec]
 	var info KeyInfo
 	err := t.do(ctx, OpGenerateKey, "", func(s *session, _ *keyEntry) error {
 		if err := t.ensureAbsent(s, id); err != nil {
@@ -455,22 +453,8 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 		}
 		pubT, privT := templates(id, spec, opts)
 		priv, pub, err := t.staged(s, func(onToken bool) (priv, pub pkcs11.ObjectHandle, err error) {
-			pubT, privT := setAttr(pubT, pkcs11.CKA_TOKEN, onToken), setAttr(privT, pkcs11.CKA_TOKEN, onToken)
-			switch si.keyType {
-			case pkcs11.CKK_AES:
-				priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
-			case pkcs11.CKK_GENERIC_SECRET:
-				priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
-			case pkcs11.CKK_RSA:
-				pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), pubT, privT)
-			case pkcs11.CKK_EC:
-				pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), pubT, privT)
-			}
-			return priv, pub, err
+			return t.generate(s, spec, setAttr(pubT, pkcs11.CKA_TOKEN, onToken), setAttr(privT, pkcs11.CKA_TOKEN, onToken))
 		}, nil)
-		if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
-			return &Error{Op: OpGenerateKey, Token: t.cfg.selector(), Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
-		}
 		if err != nil {
 			return err
 		}
@@ -482,6 +466,25 @@ func (t *Token) GenerateKey(ctx context.Context, id KeyID, spec KeySpec, opts Ke
 		return KeyInfo{}, err
 	}
 	return info, nil
+}
+
+// generate makes a key of spec on s from the templates; pub is 0 for a
+// secret key. A spec the token does not offer is ErrUnsupported.
+func (t *Token) generate(s *session, spec KeySpec, pubT, privT []*pkcs11.Attribute) (priv, pub pkcs11.ObjectHandle, err error) {
+	switch specs[spec].keyType {
+	case pkcs11.CKK_AES:
+		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
+	case pkcs11.CKK_GENERIC_SECRET:
+		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
+	case pkcs11.CKK_RSA:
+		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), pubT, privT)
+	case pkcs11.CKK_EC:
+		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), pubT, privT)
+	}
+	if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
+		return 0, 0, &Error{Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
+	}
+	return priv, pub, err
 }
 
 // stagesInSession reports whether the token's new keys are made as session
@@ -635,7 +638,12 @@ func (t *Token) ensureAbsent(s *session, id KeyID) error {
 // the normal user, who sees private objects.
 func (t *Token) userLoggedIn(s *session) bool {
 	si, err := t.mod.ctx.GetSessionInfo(s.h)
-	return err == nil && (si.State == pkcs11.CKS_RW_USER_FUNCTIONS || si.State == pkcs11.CKS_RO_USER_FUNCTIONS)
+	return err == nil && userState(si.State)
+}
+
+// userState reports whether a session state is one of the normal user's.
+func userState(state uint) bool {
+	return state == pkcs11.CKS_RW_USER_FUNCTIONS || state == pkcs11.CKS_RO_USER_FUNCTIONS
 }
 
 // templates returns the public and private (or secret) key templates.

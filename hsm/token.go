@@ -231,7 +231,7 @@ func (t *Token) Probe(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+		if !userState(si.State) {
 			return CKR(pkcs11.CKR_USER_NOT_LOGGED_IN)
 		}
 		_, err = t.mod.ctx.GetTokenInfo(si.SlotID)
@@ -700,7 +700,7 @@ func (t *Token) logInIfNeeded(ctx context.Context, s *session, fresh bool) error
 		if err != nil {
 			return err
 		}
-		if si.State == pkcs11.CKS_RW_USER_FUNCTIONS || si.State == pkcs11.CKS_RO_USER_FUNCTIONS {
+		if userState(si.State) {
 			return nil
 		}
 		// Logged out behind the pool's back (the application's last

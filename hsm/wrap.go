@@ -588,7 +588,6 @@ func (t *Token) GenerateWrapped(ctx context.Context, wrappingKey KeyID, spec Key
 
 // generateWrapped is GenerateWrapped's work on session s.
 func (t *Token) generateWrapped(s *session, wrappingKey KeyID, spec KeySpec, opts KeyOptions, outW, outPub *[]byte) error {
-	si := specs[spec]
 	wk, err := t.key(s, wrappingKey)
 	if err != nil {
 		return err
@@ -597,21 +596,7 @@ func (t *Token) generateWrapped(s *session, wrappingKey KeyID, spec KeySpec, opt
 		return fmt.Errorf("%w: wrapping key %s is not AES", ErrWrongKeyType, wrappingKey)
 	}
 	pubT, privT := templates("session", spec, opts)
-	privT = setAttr(privT, pkcs11.CKA_TOKEN, false)
-	var priv, pub pkcs11.ObjectHandle
-	switch si.keyType {
-	case pkcs11.CKK_AES:
-		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_AES_KEY_GEN, nil), privT)
-	case pkcs11.CKK_GENERIC_SECRET:
-		priv, err = t.mod.ctx.GenerateKey(s.h, mech(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil), privT)
-	case pkcs11.CKK_RSA:
-		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
-	case pkcs11.CKK_EC:
-		pub, priv, err = t.mod.ctx.GenerateKeyPair(s.h, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil), setAttr(pubT, pkcs11.CKA_TOKEN, false), privT)
-	}
-	if c, ok := asCKR(err); ok && (c == CKR(pkcs11.CKR_CURVE_NOT_SUPPORTED) || c == CKR(pkcs11.CKR_DOMAIN_PARAMS_INVALID) || c == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
-		return &Error{Code: c, Err: fmt.Errorf("%w: key spec %s", ErrUnsupported, spec)}
-	}
+	priv, pub, err := t.generate(s, spec, setAttr(pubT, pkcs11.CKA_TOKEN, false), setAttr(privT, pkcs11.CKA_TOKEN, false))
 	if err != nil {
 		return err
 	}
