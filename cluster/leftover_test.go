@@ -31,22 +31,7 @@ func TestProbesAndRepairsRunTogether(t *testing.T) {
 func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
 	e := newEnv(t, 3, nil)
 	ctx := context.Background()
-	cat := e.c.catalog
-	if err := e.c.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.sh.Members[0].Crash(); err != nil {
-		t.Fatal(err)
-	}
-	var opts []Option
-	for i, m := range e.sh.Members {
-		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
-	}
-	c, err := New(ctx, e.cfg, append(opts, WithCatalog(cat), WithClock(newFakeClock()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := e.restartWithDown(0)
 	if err := e.sh.Members[2].Wipe(); err != nil {
 		t.Fatal(err)
 	}
@@ -78,22 +63,7 @@ func TestRemoveMemberDownSinceStart(t *testing.T) {
 	e := newEnv(t, 3, nil)
 	ctx := context.Background()
 	_, _, kek2 := e.c.members[2].snapshot()
-	cat := e.c.catalog
-	if err := e.c.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.sh.Members[2].Crash(); err != nil {
-		t.Fatal(err)
-	}
-	var opts []Option
-	for i, m := range e.sh.Members {
-		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
-	}
-	c, err := New(ctx, e.cfg, append(opts, WithCatalog(cat), WithClock(newFakeClock()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := e.restartWithDown(2)
 	if err := c.Remove(ctx, "m2"); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -108,4 +78,28 @@ func TestRemoveMemberDownSinceStart(t *testing.T) {
 			}
 		}
 	}
+}
+
+// restartWithDown closes the cluster under test, crashes member down,
+// and starts a new cluster over the same members and catalog, as a
+// process restarted while that member's HSM is away would. The new
+// cluster is closed at the end of the test.
+func (e *env) restartWithDown(down int) *Cluster {
+	e.t.Helper()
+	if err := e.c.Close(); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.sh.Members[down].Crash(); err != nil {
+		e.t.Fatal(err)
+	}
+	var opts []Option
+	for i, m := range e.sh.Members {
+		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
+	}
+	c, err := New(context.Background(), e.cfg, append(opts, WithCatalog(e.c.catalog), WithClock(newFakeClock()))...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = c.Close() })
+	return c
 }

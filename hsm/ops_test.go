@@ -16,7 +16,6 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
-	softhsmtest "github.com/hsmkms/hsmkms/softhsm-test"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -566,34 +565,6 @@ func TestOAEPPlaintextLimit(t *testing.T) {
 		assert.Zero(t, he.Code, "refused before the token is asked")
 	}
 	assert.True(t, tok.Health().Healthy)
-}
-
-// secondClient opens a session on tok's slot with a second PKCS#11
-// client on m's library instance, as another application (or another
-// part of this one) sharing the token would. The Token owns the
-// instance, so it is never finalized here.
-func secondClient(t *testing.T, m *softhsmtest.Member, tok *hsm.Token) (*pkcs11.Ctx, pkcs11.SessionHandle) {
-	t.Helper()
-	p := pkcs11.New(m.LibPath)
-	require.NotNil(t, p)
-	t.Cleanup(p.Destroy)
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		require.NoError(t, err)
-	}
-	s, err := p.OpenSession(tok.Info().Slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.CloseSession(s) })
-	return p, s
-}
-
-// findObjects runs one search through a second client.
-func findObjects(t *testing.T, p *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl ...*pkcs11.Attribute) []pkcs11.ObjectHandle {
-	t.Helper()
-	require.NoError(t, p.FindObjectsInit(s, tmpl))
-	objs, _, err := p.FindObjects(s, 100)
-	require.NoError(t, err)
-	require.NoError(t, p.FindObjectsFinal(s))
-	return objs
 }
 
 // TestDestroyKeyLeavesOthersObjects: DestroyKey destroys what this library

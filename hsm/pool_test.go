@@ -129,15 +129,8 @@ func TestSessionBeingOpenedHoldsTheGeneration(t *testing.T) {
 	}
 
 	gA.open() // A's session opens (old generation), is used and given back
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
 	for _, c := range []chan error{a, x} {
-		select {
-		case err := <-c:
-			require.NoError(t, err)
-		case <-timeout.C:
-			t.Fatal("a call waited on after the old generation's last session was back")
-		}
+		require.NoError(t, await(t, c, "a call waited on after the old generation's last session was back"))
 	}
 	assertHealthy(t, tok)
 }
@@ -249,15 +242,7 @@ func TestStallInCloseSessionCountsAsStuck(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.False(t, tok.Health().Healthy)
 
-	closed := async(tok.Close)
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	select {
-	case err := <-closed:
-		assert.NoError(t, err)
-	case <-timeout.C:
-		t.Fatal("Close waited for a worker stalled in C_CloseSession")
-	}
+	assert.NoError(t, await(t, async(tok.Close), "Close waited for a worker stalled in C_CloseSession"))
 }
 
 // TestErrorsNameTheirOperation: an error built deep inside an operation
@@ -309,19 +294,21 @@ func TestReloginForgetsCachedHandles(t *testing.T) {
 	require.NoError(t, encryptOnce(ctx, tok))
 }
 
-// panicInOpen is an Interceptor that, once armed, panics once around the
-// C_OpenSession of a new pool session.
-type panicInOpen struct {
+// onNewSession is an Interceptor that, once armed, hands the next
+// C_OpenSession of a new pool session (not a reconnect's) to do instead
+// of passing it on; every other call passes.
+type onNewSession struct {
 	next  hsm.Interceptor
 	armed atomic.Bool
+	do    func(call func() error) error
 }
 
-func (p *panicInOpen) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+func (o *onNewSession) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
 	if op == hsm.OpOpen && goroutineIn("hsm.(*Token).getSession(") && !goroutineIn("hsm.(*Token).reconnect(") &&
-		p.armed.CompareAndSwap(true, false) {
-		panic("open panics")
+		o.armed.CompareAndSwap(true, false) {
+		return o.do(call)
 	}
-	return p.next.Intercept(ctx, op, call)
+	return o.next.Intercept(ctx, op, call)
 }
 
 // goroutineIn reports whether the calling goroutine's stack holds fn.
@@ -339,7 +326,7 @@ func TestRecoveredPanicInOpenSession(t *testing.T) {
 	m := member(t)
 	cfg := m.Config()
 	cfg.CallTimeout = hsm.NoCallTimeout
-	p := &panicInOpen{next: m.Faults}
+	p := &onNewSession{next: m.Faults, do: func(func() error) error { panic("open panics") }}
 	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(p))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = tok.Close() })
@@ -357,24 +344,6 @@ func TestRecoveredPanicInOpenSession(t *testing.T) {
 	require.NoError(t, encryptOnce(bctx, tok), "a new generation should get a session")
 }
 
-// failAfterOpen is an Interceptor that, once armed, lets one
-// C_OpenSession of a new pool session through and then reports an error.
-type failAfterOpen struct {
-	next  hsm.Interceptor
-	armed atomic.Bool
-}
-
-func (f *failAfterOpen) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
-	if op == hsm.OpOpen && goroutineIn("hsm.(*Token).getSession(") && !goroutineIn("hsm.(*Token).reconnect(") &&
-		f.armed.CompareAndSwap(true, false) {
-		if err := call(); err != nil {
-			return err
-		}
-		return errors.New("interceptor refuses the session")
-	}
-	return f.next.Intercept(ctx, op, call)
-}
-
 // TestSessionOpenedButRefusedIsClosed: an Interceptor that fails a
 // C_OpenSession the module carried out leaves no session open.
 func TestSessionOpenedButRefusedIsClosed(t *testing.T) {
@@ -382,33 +351,24 @@ func TestSessionOpenedButRefusedIsClosed(t *testing.T) {
 	m := member(t)
 	cfg := m.Config()
 	cfg.MaxSessions = 1
-	f := &failAfterOpen{next: m.Faults}
+	f := &onNewSession{next: m.Faults, do: func(call func() error) error {
+		if err := call(); err != nil {
+			return err
+		}
+		return errors.New("interceptor refuses the session") // after the module opened it
+	}}
 	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(f))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = tok.Close() })
 
-	p := pkcs11.New(m.LibPath)
-	require.NotNil(t, p)
-	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		require.NoError(t, err)
-	}
-	openSessions := func() int {
-		n := 0
-		for h := range pkcs11.SessionHandle(256) {
-			if _, err := p.GetSessionInfo(h); err == nil {
-				n++
-			}
-		}
-		return n
-	}
-	require.Equal(t, 1, openSessions())
+	p := libraryClient(t, m)
+	require.Equal(t, 1, openSessions(p))
 
 	f.armed.Store(true)
 	m.Faults.FailNext(hsm.OpRandom, 1, pkcs11.CKR_OPERATION_ACTIVE) // the session is dropped; the retry opens one
 	_, err = tok.Random(ctx, 8)
 	require.ErrorContains(t, err, "interceptor refuses the session")
-	assert.Zero(t, openSessions(), "the refused session should be closed")
+	assert.Zero(t, openSessions(p), "the refused session should be closed")
 	_, err = tok.Random(ctx, 8)
 	require.NoError(t, err)
 }

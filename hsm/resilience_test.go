@@ -732,25 +732,13 @@ func TestUnfinishedPairIsCleared(t *testing.T) {
 	m := member(t)
 	tok := open(t, m, nil)
 
-	p := pkcs11.New(m.LibPath)
-	require.NotNil(t, p)
-	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		require.NoError(t, err)
-	}
-	s, err := p.OpenSession(tok.Info().Slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.CloseSession(s) })
+	p, s := secondClient(t, m, tok)
 	find := func(id string, class ...uint) []pkcs11.ObjectHandle {
 		tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(id))}
 		for _, c := range class {
 			tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, c))
 		}
-		require.NoError(t, p.FindObjectsInit(s, tmpl))
-		objs, _, err := p.FindObjects(s, 10)
-		require.NoError(t, err)
-		require.NoError(t, p.FindObjectsFinal(s))
-		return objs
+		return findObjects(t, p, s, tmpl...)
 	}
 	destroy := func(id string, class uint) {
 		objs := find(id, class)
@@ -760,7 +748,7 @@ func TestUnfinishedPairIsCleared(t *testing.T) {
 
 	// A lone public half: removed, and the new pair (of another spec)
 	// is whole and works.
-	_, err = tok.GenerateKey(ctx, "pair", hsm.ECP256, hsm.KeyOptions{})
+	_, err := tok.GenerateKey(ctx, "pair", hsm.ECP256, hsm.KeyOptions{})
 	require.NoError(t, err)
 	destroy("pair", pkcs11.CKO_PRIVATE_KEY)
 	_, err = tok.GenerateKey(ctx, "pair", hsm.ECP384, hsm.KeyOptions{})
@@ -832,24 +820,11 @@ func TestCloseDoesNotWaitForQueuedCalls(t *testing.T) {
 	_, err := tok.Random(dctx, 8)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
-	queued := make(chan error, 1)
-	go func() { _, err := tok.Random(ctx, 8); queued <- err }()
+	queued := async(func() error { _, err := tok.Random(ctx, 8); return err })
 	waitFor(t, func() bool { return goroutinesIn("hsm.(*Token).acquire(") >= 1 })
-	closed := make(chan error, 1)
-	go func() { closed <- tok.Close() }()
-
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for range 2 {
-		select {
-		case err := <-queued:
-			assert.ErrorIs(t, err, hsm.ErrClosed)
-		case err := <-closed:
-			assert.NoError(t, err)
-		case <-timeout.C:
-			t.Fatal("Close waited for a call queued behind a hung worker")
-		}
-	}
+	closed := async(tok.Close)
+	assert.ErrorIs(t, await(t, queued, "the queued call waited on after Close began"), hsm.ErrClosed)
+	assert.NoError(t, await(t, closed, "Close waited for a call queued behind a hung worker"))
 }
 
 // TestPanicInLoginClosesTheSession: a login that panics (in the
@@ -872,29 +847,15 @@ func TestPanicInLoginClosesTheSession(t *testing.T) {
 	_, err = tok.Random(ctx, 8)
 	require.NoError(t, err)
 
-	p := pkcs11.New(m.LibPath)
-	require.NotNil(t, p)
-	t.Cleanup(p.Destroy) // no Finalize: the Token owns the instance
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		require.NoError(t, err)
-	}
-	openSessions := func() int { // sessions open in the library instance
-		n := 0
-		for h := range pkcs11.SessionHandle(256) {
-			if _, err := p.GetSessionInfo(h); err == nil {
-				n++
-			}
-		}
-		return n
-	}
-	require.Equal(t, 1, openSessions(), "the pool's one idle session")
+	p := libraryClient(t, m)
+	require.Equal(t, 1, openSessions(p), "the pool's one idle session")
 
 	m.Faults.FailNext(hsm.OpRandom, 1, pkcs11.CKR_USER_NOT_LOGGED_IN)
 	trap.fired.Store(false)
 	require.PanicsWithValue(t, "interceptor panics", func() { _, _ = tok.Random(ctx, 8) })
-	assert.Zero(t, openSessions(), "the session whose login panicked should be closed")
+	assert.Zero(t, openSessions(p), "the session whose login panicked should be closed")
 
 	_, err = tok.Random(ctx, 8)
 	require.NoError(t, err)
-	assert.Equal(t, 1, openSessions())
+	assert.Equal(t, 1, openSessions(p))
 }

@@ -17,23 +17,73 @@ import (
 	"github.com/hsmkms/hsmkms/kmsadapter"
 )
 
-// holdFirstDestroy is a Backend whose first DestroyKey waits until the
-// test releases it.
-type holdFirstDestroy struct {
-	kmsadapter.Backend
+// holdFirst holds the first call that reaches it until the test
+// releases it; entered is closed when that call arrives.
+type holdFirst struct {
 	once    sync.Once
 	entered chan struct{}
 	release chan struct{}
 }
 
-func (h *holdFirstDestroy) DestroyKey(ctx context.Context, id hsm.KeyID) error {
+func newHoldFirst() *holdFirst {
+	return &holdFirst{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (h *holdFirst) hold() {
 	first := false
 	h.once.Do(func() { first = true })
 	if first {
 		close(h.entered)
 		<-h.release
 	}
+}
+
+// holdFirstDestroy is a Backend whose first DestroyKey waits, before it
+// destroys anything, until the test releases it.
+type holdFirstDestroy struct {
+	kmsadapter.Backend
+	*holdFirst
+}
+
+func (h holdFirstDestroy) DestroyKey(ctx context.Context, id hsm.KeyID) error {
+	h.hold()
 	return h.Backend.DestroyKey(ctx, id)
+}
+
+// holdFirstGenerate is a Backend whose first GenerateKey waits, after
+// making the key, until the test releases it.
+type holdFirstGenerate struct {
+	kmsadapter.Backend
+	*holdFirst
+}
+
+func (h holdFirstGenerate) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpec, opts hsm.KeyOptions) (hsm.KeyInfo, error) {
+	info, err := h.Backend.GenerateKey(ctx, id, spec, opts)
+	h.hold()
+	return info, err
+}
+
+// replica is another Client over e's store and clock, as another replica
+// of the service would be, with backend in front of the HSMs.
+func (e *env) replica(t *testing.T, backend kmsadapter.Backend) *kmsadapter.Client {
+	t.Helper()
+	c, err := kmsadapter.New(backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	return c
+}
+
+// importMaterial imports material into the external key id through c,
+// under the import parameters p (RSAES_OAEP_SHA_1); a nil validTo means
+// the material does not expire.
+func importMaterial(t *testing.T, c *kmsadapter.Client, id string, p *kms.GetParametersForImportOutput, material []byte, validTo *time.Time) error {
+	in := &kms.ImportKeyMaterialInput{KeyId: str(id), ImportToken: p.ImportToken,
+		EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material),
+		ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire}
+	if validTo != nil {
+		in.ExpirationModel, in.ValidTo = types.ExpirationModelTypeKeyMaterialExpires, validTo
+	}
+	_, err := c.ImportKeyMaterial(bg, in)
+	return err
 }
 
 // TestCancelWhileTickDestroys: once Tick has begun destroying a key whose
@@ -52,9 +102,8 @@ func TestCancelWhileTickDestroys(t *testing.T) {
 	}
 	e.clock.Advance(7*24*time.Hour + time.Minute)
 
-	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
-	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	h := newHoldFirst()
+	c2 := e.replica(t, holdFirstDestroy{e.backend, h})
 	done := make(chan error, 1)
 	go func() { done <- c2.Tick(bg) }()
 	<-h.entered // Tick is destroying the first key of its list
@@ -107,20 +156,15 @@ func TestReimportWhileTickExpires(t *testing.T) {
 		material[i] = byte(i)
 	}
 	imp := func(c *kmsadapter.Client, validTo time.Time) {
-		p := getParams(t, c, x, types.AlgorithmSpecRsaesOaepSha1)
-		_, err := c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
-			EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material),
-			ExpirationModel:      types.ExpirationModelTypeKeyMaterialExpires, ValidTo: &validTo})
-		require.NoError(t, err)
+		require.NoError(t, importMaterial(t, c, x, getParams(t, c, x, types.AlgorithmSpecRsaesOaepSha1), material, &validTo))
 	}
 	imp(e.c, e.clock.Now().Add(7*24*time.Hour))
 	_, err = e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(n), PendingWindowInDays: i32(7)})
 	require.NoError(t, err)
 	e.clock.Advance(7*24*time.Hour + time.Minute)
 
-	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
-	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	h := newHoldFirst()
+	c2 := e.replica(t, holdFirstDestroy{e.backend, h})
 	done := make(chan error, 1)
 	go func() { done <- c2.Tick(bg) }()
 	<-h.entered // Tick is destroying n; its list shows x's material expired
@@ -146,16 +190,12 @@ func TestDeleteMaterialDuringReimport(t *testing.T) {
 	x := *out.KeyMetadata.KeyId
 	material := make([]byte, 32)
 	imp := func(c *kmsadapter.Client, p *kms.GetParametersForImportOutput) error {
-		_, err := c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
-			EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, material),
-			ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire})
-		return err
+		return importMaterial(t, c, x, p, material, nil)
 	}
 	require.NoError(t, imp(e.c, getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)))
 
-	h := &holdFirstDestroy{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
-	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	h := newHoldFirst()
+	c2 := e.replica(t, holdFirstDestroy{e.backend, h})
 	p := getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)
 	done := make(chan error, 1)
 	go func() { done <- imp(c2, p) }()
@@ -181,8 +221,7 @@ func TestDeleteMaterialDuringReimport(t *testing.T) {
 // whose key no longer exists.
 func TestSlowCreateRolledBack(t *testing.T) {
 	e := newEnv(t)
-	c2, err := kmsadapter.New(e.backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	c2 := e.replica(t, e.backend)
 	e.c.SetTestHook(func(step string) error {
 		if step == "generated" { // the HSMs were slow; another replica ticks
 			e.clock.Advance(e.cfg.CreateTimeout + time.Second)
@@ -190,7 +229,7 @@ func TestSlowCreateRolledBack(t *testing.T) {
 		}
 		return nil
 	})
-	_, err = e.c.CreateKey(bg, &kms.CreateKeyInput{})
+	_, err := e.c.CreateKey(bg, &kms.CreateKeyInput{})
 	var timeout *types.DependencyTimeoutException
 	require.ErrorAs(t, err, &timeout)
 	e.c.SetTestHook(nil)
@@ -199,42 +238,21 @@ func TestSlowCreateRolledBack(t *testing.T) {
 	require.Empty(t, keys.Keys, "no key should be left of the rolled-back creation")
 }
 
-// holdFirstGenerate is a Backend whose first GenerateKey waits, after
-// making the key, until the test releases it.
-type holdFirstGenerate struct {
-	kmsadapter.Backend
-	once    sync.Once
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (h *holdFirstGenerate) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpec, opts hsm.KeyOptions) (hsm.KeyInfo, error) {
-	info, err := h.Backend.GenerateKey(ctx, id, spec, opts)
-	first := false
-	h.once.Do(func() { first = true })
-	if first {
-		close(h.entered)
-		<-h.release
-	}
-	return info, err
-}
-
 // TestRotationOfAKeyDisabledMeanwhile: a key disabled while its rotation
 // makes the new key material is not rotated (DisabledException), and its
 // versions are unchanged.
 func TestRotationOfAKeyDisabledMeanwhile(t *testing.T) {
 	e := newEnv(t)
 	id := createKey(t, e.c)
-	h := &holdFirstGenerate{Backend: e.backend, entered: make(chan struct{}), release: make(chan struct{})}
-	c2, err := kmsadapter.New(h, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	h := newHoldFirst()
+	c2 := e.replica(t, holdFirstGenerate{e.backend, h})
 	done := make(chan error, 1)
 	go func() {
 		_, err := c2.RotateKeyOnDemand(bg, &kms.RotateKeyOnDemandInput{KeyId: str(id)})
 		done <- err
 	}()
 	<-h.entered
-	_, err = e.c.DisableKey(bg, &kms.DisableKeyInput{KeyId: str(id)})
+	_, err := e.c.DisableKey(bg, &kms.DisableKeyInput{KeyId: str(id)})
 	require.NoError(t, err)
 	close(h.release)
 	var dis *types.DisabledException
@@ -269,8 +287,7 @@ func TestCreateRolledBackBeforeItsKeyWasMade(t *testing.T) {
 	require.NotNil(t, e.tok)
 	before, err := e.tok.ListKeys(bg)
 	require.NoError(t, err)
-	c2, err := kmsadapter.New(e.backend, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	c2 := e.replica(t, e.backend)
 	e.c.SetTestHook(func(step string) error {
 		if step == "created-record" { // another replica ticks before the HSM key exists
 			e.clock.Advance(e.cfg.CreateTimeout + time.Second)
@@ -309,15 +326,11 @@ func TestDeletedMaterialIsDestroyedLater(t *testing.T) {
 	require.NoError(t, err)
 	x := *out.KeyMetadata.KeyId
 	p := getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)
-	_, err = e.c.ImportKeyMaterial(bg, &kms.ImportKeyMaterialInput{KeyId: str(x), ImportToken: p.ImportToken,
-		EncryptedKeyMaterial: awsWrap(t, types.AlgorithmSpecRsaesOaepSha1, p.PublicKey, make([]byte, 32)),
-		ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire})
-	require.NoError(t, err)
+	require.NoError(t, importMaterial(t, e.c, x, p, make([]byte, 32), nil))
 	withMaterial, err := e.tok.ListKeys(bg)
 	require.NoError(t, err)
 
-	c2, err := kmsadapter.New(&failFirstDestroy{Backend: e.backend}, e.store, e.cfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
+	c2 := e.replica(t, &failFirstDestroy{Backend: e.backend})
 	_, err = c2.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(x)})
 	require.Error(t, err)
 	d, err := e.c.DescribeKey(bg, &kms.DescribeKeyInput{KeyId: str(x)})
