@@ -86,6 +86,14 @@ func importMaterial(t *testing.T, c *kmsadapter.Client, id string, p *kms.GetPar
 	return err
 }
 
+// createExternalKey creates a key for imported material through c.
+func createExternalKey(t *testing.T, c *kmsadapter.Client) string {
+	t.Helper()
+	out, err := c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	require.NoError(t, err)
+	return *out.KeyMetadata.KeyId
+}
+
 // TestCancelWhileTickDestroys: once Tick has begun destroying a key whose
 // waiting period ended, CancelKeyDeletion is refused
 // (KMSInvalidStateException) instead of reporting a cancellation that the
@@ -143,9 +151,7 @@ func TestCancelWhileTickDestroys(t *testing.T) {
 // expiry. Tick leaves it: the key stays Enabled and usable.
 func TestReimportWhileTickExpires(t *testing.T) {
 	e := newEnv(t)
-	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
-	require.NoError(t, err)
-	x := *out.KeyMetadata.KeyId
+	x := createExternalKey(t, e.c)
 	// A key Tick destroys before it reaches x (Tick goes in ID order).
 	n := createKey(t, e.c)
 	for n > x {
@@ -159,7 +165,7 @@ func TestReimportWhileTickExpires(t *testing.T) {
 		require.NoError(t, importMaterial(t, c, x, getParams(t, c, x, types.AlgorithmSpecRsaesOaepSha1), material, &validTo))
 	}
 	imp(e.c, e.clock.Now().Add(7*24*time.Hour))
-	_, err = e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(n), PendingWindowInDays: i32(7)})
+	_, err := e.c.ScheduleKeyDeletion(bg, &kms.ScheduleKeyDeletionInput{KeyId: str(n), PendingWindowInDays: i32(7)})
 	require.NoError(t, err)
 	e.clock.Advance(7*24*time.Hour + time.Minute)
 
@@ -185,9 +191,7 @@ func TestReimportWhileTickExpires(t *testing.T) {
 // Enabled key whose material is gone; importing again then works.
 func TestDeleteMaterialDuringReimport(t *testing.T) {
 	e := newEnv(t)
-	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
-	require.NoError(t, err)
-	x := *out.KeyMetadata.KeyId
+	x := createExternalKey(t, e.c)
 	material := make([]byte, 32)
 	imp := func(c *kmsadapter.Client, p *kms.GetParametersForImportOutput) error {
 		return importMaterial(t, c, x, p, material, nil)
@@ -200,7 +204,7 @@ func TestDeleteMaterialDuringReimport(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- imp(c2, p) }()
 	<-h.entered // the re-import is destroying its check copy of the material
-	_, err = e.c.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(x)})
+	_, err := e.c.DeleteImportedKeyMaterial(bg, &kms.DeleteImportedKeyMaterialInput{KeyId: str(x)})
 	require.NoError(t, err)
 	close(h.release)
 	var inv *types.KMSInvalidStateException
@@ -322,9 +326,7 @@ func (f *failFirstDestroy) DestroyKey(ctx context.Context, id hsm.KeyID) error {
 func TestDeletedMaterialIsDestroyedLater(t *testing.T) {
 	e := newEnv(t)
 	require.NotNil(t, e.tok)
-	out, err := e.c.CreateKey(bg, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
-	require.NoError(t, err)
-	x := *out.KeyMetadata.KeyId
+	x := createExternalKey(t, e.c)
 	p := getParams(t, e.c, x, types.AlgorithmSpecRsaesOaepSha1)
 	require.NoError(t, importMaterial(t, e.c, x, p, make([]byte, 32), nil))
 	withMaterial, err := e.tok.ListKeys(bg)
