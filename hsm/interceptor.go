@@ -25,6 +25,7 @@ const (
 	OpMAC             Op = "mac"
 	OpVerifyMAC       Op = "verify-mac"
 	OpPublicKey       Op = "public-key"
+	OpCheckValue      Op = "check-value"
 	OpRandom          Op = "random"
 	OpWrapKey         Op = "wrap-key"
 	OpUnwrapKey       Op = "unwrap-key"

@@ -2,7 +2,9 @@ package hsm
 
 import (
 	"context"
+	"crypto"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
@@ -19,28 +21,103 @@ import (
 func (t *Token) PublicKey(ctx context.Context, id KeyID) ([]byte, error) {
 	var der []byte
 	err := t.withKey(ctx, OpPublicKey, id, func(s *session, e *keyEntry) error {
-		if p := e.spki.Load(); p != nil {
-			der = *p
-			return nil
-		}
-		obj := e.pub
-		if !e.hasPb {
-			obj = e.priv // RSA private keys carry the modulus and exponent
-			if specs[e.info.Spec].keyType == pkcs11.CKK_EC {
-				return fmt.Errorf("%w: %s has no public key object", ErrKeyNotFound, id)
-			}
-		}
 		var err error
-		if der, err = t.spki(s, obj, e.info.Spec); err != nil {
-			return err
-		}
-		e.spki.Store(&der)
-		return nil
+		der, err = t.publicDER(s, e)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return der, nil
+}
+
+// publicDER is PublicKey's work on a resolved key, cached in e.
+func (t *Token) publicDER(s *session, e *keyEntry) ([]byte, error) {
+	if p := e.spki.Load(); p != nil {
+		return *p, nil
+	}
+	obj := e.pub
+	if !e.hasPb {
+		obj = e.priv // RSA private keys carry the modulus and exponent
+		if specs[e.info.Spec].keyType == pkcs11.CKK_EC {
+			return nil, fmt.Errorf("%w: %s has no public key object", ErrKeyNotFound, e.info.ID)
+		}
+	}
+	der, err := t.spki(s, obj, e.info.Spec)
+	if err != nil {
+		return nil, err
+	}
+	e.spki.Store(&der)
+	return der, nil
+}
+
+// CheckValue returns a short value that tells one key's material from
+// another's without revealing it, the same on every token that holds the
+// same key: for a key pair, the SHA-256 of its public key as DER
+// SubjectPublicKeyInfo; for an AES key, the PKCS#11 key check value (the
+// first three bytes of its encryption of a zero block, AES-ECB); for an
+// HMAC key, the first eight bytes of its HMAC of the fixed message
+// "hsmkms check value" (SHA-224 for HMAC_224 keys, SHA-256 for the
+// others). The secret keys' values are computed by the token on every
+// call: tokens do not agree on keeping CKA_CHECK_VALUE (SoftHSM keeps none
+// for an unwrapped key). A key whose usage forbids the operation is
+// ErrUnsupported. The value tells keys apart by accident, not against an
+// adversary: it finds a key left under the wrong ID, it does not
+// authenticate one.
+func (t *Token) CheckValue(ctx context.Context, id KeyID) ([]byte, error) {
+	var out []byte
+	err := t.withKey(ctx, OpCheckValue, id, func(s *session, e *keyEntry) error {
+		var err error
+		out, err = t.checkValue(s, e)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkMessage is what an HMAC key's check value is the MAC of.
+const checkMessage = "hsmkms check value"
+
+func (t *Token) checkValue(s *session, e *keyEntry) ([]byte, error) {
+	spec := e.info.Spec
+	if spec.Asymmetric() {
+		der, err := t.publicDER(s, e)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(der)
+		return sum[:], nil
+	}
+	refused := func(err error) error {
+		if code, ok := asCKR(err); ok && (code == CKR(pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED) || code == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
+			return &Error{Code: code, Err: fmt.Errorf("%w: %s's usage allows no check value", ErrUnsupported, e.info.ID)}
+		}
+		return err
+	}
+	if specs[spec].keyType == pkcs11.CKK_AES {
+		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_AES_ECB, nil), e.priv); err != nil {
+			return nil, refused(err)
+		}
+		block, err := t.mod.ctx.Encrypt(s.h, make([]byte, 16))
+		if err != nil {
+			return nil, err
+		}
+		return block[:3], nil
+	}
+	h := crypto.SHA256
+	if spec == HMAC224 {
+		h = crypto.SHA224
+	}
+	if err := t.mod.ctx.SignInit(s.h, mech(hashMech[h].hmac, nil), e.priv); err != nil {
+		return nil, refused(err)
+	}
+	mac, err := t.mod.ctx.Sign(s.h, []byte(checkMessage))
+	if err != nil {
+		return nil, err
+	}
+	return mac[:8], nil
 }
 
 // spki reads the public key of object obj, of spec, as DER

@@ -470,3 +470,70 @@ func TestUnwrapFailureFollowsProfile(t *testing.T) {
 		assert.Equal(t, hsm.ClassMember, hsm.Classify(err), name)
 	}
 }
+
+// TestCheckValue: check values computed here from known material
+// (imported under RSA-OAEP, so the token keeps no CKA_CHECK_VALUE of its
+// own) match: an AES key's encryption of a zero block (3 bytes), an HMAC
+// key's MAC of the fixed message (8 bytes), a key pair's SHA-256 of its
+// public key. Different keys differ, an unknown key is ErrKeyNotFound,
+// and a key whose usage forbids the operation is ErrUnsupported.
+func TestCheckValue(t *testing.T) {
+	ctx := context.Background()
+	tok := open(t, member(t), nil)
+	rpk := importWrappingKey(t, tok)
+	imp := func(id hsm.KeyID, spec hsm.KeySpec, material []byte) {
+		t.Helper()
+		blob, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, rpk, material, nil)
+		require.NoError(t, err)
+		_, err = tok.UnwrapKey(ctx, hsm.UnwrapRequest{WrappingKey: "import", Wrapping: hsm.Wrapping{Mechanism: hsm.RSAOAEP, Hash: crypto.SHA1}, Wrapped: blob, ID: id, Spec: spec})
+		require.NoError(t, err)
+	}
+	aesKey := bytes.Repeat([]byte{0x2b}, 32)
+	macKey := bytes.Repeat([]byte{0x5c}, 32)
+	imp("aes", hsm.AES256, aesKey)
+	imp("mac", hsm.HMAC256, macKey)
+	imp("mac224", hsm.HMAC224, macKey[:28])
+
+	block, err := aes.NewCipher(aesKey)
+	require.NoError(t, err)
+	zero := make([]byte, aes.BlockSize)
+	block.Encrypt(zero, zero)
+	got, err := tok.CheckValue(ctx, "aes")
+	require.NoError(t, err)
+	assert.Equal(t, zero[:3], got)
+
+	mac := hmac.New(sha256.New, macKey)
+	mac.Write([]byte("hsmkms check value"))
+	got, err = tok.CheckValue(ctx, "mac")
+	require.NoError(t, err)
+	assert.Equal(t, mac.Sum(nil)[:8], got)
+	mac = hmac.New(sha256.New224, macKey[:28])
+	mac.Write([]byte("hsmkms check value"))
+	got, err = tok.CheckValue(ctx, "mac224")
+	require.NoError(t, err)
+	assert.Equal(t, mac.Sum(nil)[:8], got, "an HMAC_224 key's check value uses SHA-224")
+
+	_, err = tok.GenerateKey(ctx, "other", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	other, err := tok.CheckValue(ctx, "other")
+	require.NoError(t, err)
+	assert.NotEqual(t, zero[:3], other)
+
+	for _, spec := range []hsm.KeySpec{hsm.ECP256, hsm.RSA2048} {
+		id := hsm.KeyID("pair-" + string(spec))
+		_, err := tok.GenerateKey(ctx, id, spec, hsm.KeyOptions{})
+		require.NoError(t, err)
+		pub, err := tok.PublicKey(ctx, id)
+		require.NoError(t, err)
+		want := sha256.Sum256(pub)
+		got, err := tok.CheckValue(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, want[:], got, spec)
+	}
+	_, err = tok.CheckValue(ctx, "absent")
+	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
+	_, err = tok.GenerateKey(ctx, "wrap-only", hsm.AES256, hsm.KeyOptions{Usage: hsm.UsageWrap})
+	require.NoError(t, err)
+	_, err = tok.CheckValue(ctx, "wrap-only")
+	require.ErrorIs(t, err, hsm.ErrUnsupported)
+}
