@@ -768,6 +768,12 @@ func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := t.do(ctx, OpListKeys, "", func(s *session, _ *keyEntry) error {
 		out = out[:0]
+		pubs, err := t.publicKeys(s)
+		if err != nil {
+			return err
+		}
+		var found []*keyEntry
+		count := map[KeyID]int{}
 		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY} {
 			objs, err := t.find(s, []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
@@ -781,23 +787,75 @@ func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 				if err != nil {
 					return err
 				}
+				id := KeyID(a[pkcs11.CKA_ID])
+				count[id]++
 				if !strings.HasPrefix(string(a[pkcs11.CKA_LABEL]), labelPrefix) {
 					continue
 				}
-				id := KeyID(a[pkcs11.CKA_ID])
 				info, err := t.describe(s, id, o, 0, false)
 				if err != nil {
 					return err
 				}
 				out = append(out, info)
+				e := &keyEntry{gen: s.gen, info: info, priv: o}
+				e.pub, e.hasPb = pubs[id]
+				found = append(found, e)
 			}
 		}
+		t.warm(s, found, count, pubs)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// publicKeys maps the IDs of the token's public keys to their handles;
+// an ID two public keys share maps to 0.
+func (t *Token) publicKeys(s *session) (map[KeyID]pkcs11.ObjectHandle, error) {
+	objs, err := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pubs := make(map[KeyID]pkcs11.ObjectHandle, len(objs))
+	for _, o := range objs {
+		a, err := t.attrs(s, o, pkcs11.CKA_ID)
+		if err != nil {
+			return nil, err
+		}
+		id := KeyID(a[pkcs11.CKA_ID])
+		if _, dup := pubs[id]; dup {
+			pubs[id] = 0
+		} else {
+			pubs[id] = o
+		}
+	}
+	return pubs, nil
+}
+
+// warm caches the handles a listing found, as lookUp would have found
+// them, so that the first call on each key after a listing (a cluster
+// member's re-sync) searches nothing. An ID that names more than one
+// secret or private key, or more than one public key, is left to lookUp;
+// so is one already cached.
+func (t *Token) warm(s *session, found []*keyEntry, count map[KeyID]int, pubs map[KeyID]pkcs11.ObjectHandle) {
+	t.mu.Lock()
+	current := t.gen == s.gen
+	t.mu.Unlock()
+	if !current {
+		return
+	}
+	for _, e := range found {
+		id := e.info.ID
+		if h, ok := pubs[id]; count[id] != 1 || (ok && h == 0) || t.keys.get(id, s.gen) != nil {
+			continue
+		}
+		t.keys.put(e)
+	}
 }
 
 // Describe returns what the token knows of one key.

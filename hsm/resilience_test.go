@@ -487,6 +487,49 @@ func TestHandleCache(t *testing.T) {
 	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
 }
 
+// TestListingWarmsTheCache: a listing caches every key's handles, the
+// public half of a pair included, so that a Token that has just listed
+// its keys (a cluster member's re-sync) searches nothing on their first
+// use.
+func TestListingWarmsTheCache(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	tok := open(t, m, nil)
+	for _, spec := range []hsm.KeySpec{hsm.AES256, hsm.HMAC256, hsm.ECP256, hsm.RSA2048} {
+		_, err := tok.GenerateKey(ctx, hsm.KeyID(spec), spec, hsm.KeyOptions{})
+		require.NoError(t, err)
+	}
+	fresh := open(t, m, nil)
+	keys, err := fresh.ListKeys(ctx)
+	require.NoError(t, err)
+	require.Len(t, keys, 4)
+	assert.Equal(t, 4, hsm.CachedKeys(fresh))
+	finds := hsm.Finds(fresh)
+	ct, iv, err := fresh.EncryptGCM(ctx, hsm.KeyID(hsm.AES256), nil, []byte("x"), nil)
+	require.NoError(t, err)
+	_, err = tok.DecryptGCM(ctx, hsm.KeyID(hsm.AES256), iv, ct, nil)
+	require.NoError(t, err)
+	_, err = fresh.MAC(ctx, hsm.KeyID(hsm.HMAC256), crypto.SHA256, []byte("x"))
+	require.NoError(t, err)
+	for _, spec := range []hsm.KeySpec{hsm.ECP256, hsm.RSA2048} {
+		digest := sha256.Sum256([]byte("x"))
+		scheme := hsm.ECDSA
+		if spec == hsm.RSA2048 {
+			scheme = hsm.PKCS1v15
+		}
+		_, err = fresh.Sign(ctx, hsm.KeyID(spec), scheme, crypto.SHA256, digest[:])
+		require.NoError(t, err, spec)
+		got, err := fresh.PublicKey(ctx, hsm.KeyID(spec))
+		require.NoError(t, err, spec)
+		want, err := tok.PublicKey(ctx, hsm.KeyID(spec))
+		require.NoError(t, err)
+		assert.Equal(t, want, got, spec)
+		_, err = fresh.CheckValue(ctx, hsm.KeyID(spec))
+		require.NoError(t, err, spec)
+	}
+	assert.Equal(t, finds, hsm.Finds(fresh), "no C_FindObjects after a listing")
+}
+
 // TestClose: Close waits for an in-flight call, is idempotent, and calls
 // after it fail with ErrClosed. Two tokens on one module share it.
 func TestClose(t *testing.T) {
