@@ -27,6 +27,13 @@ type KeyRecord struct {
 	// and its ID is never used again.
 	Destroyed   bool
 	DestroyedAt time.Time
+	// Check is the key's check value (hsm.Token.CheckValue), read from a
+	// member that held the new key when it was recorded; nil when none
+	// could be read. Before a member serves a key it holds from before
+	// (after a restart, or made by another process), its copy's check
+	// value must match: a creation that failed midway can leave other
+	// material under an ID a later creation takes.
+	Check []byte `json:",omitempty"`
 }
 
 // Catalog says which keys the cluster must hold. It is the one source of

@@ -81,7 +81,7 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 		m := &member{
 			name: mc.Name, idx: i, cfg: mc, weight: w, opts: o.tokOpts[mc.Name],
 			state: Down, reason: "not opened",
-			holds: map[hsm.KeyID]bool{}, suspect: map[hsm.KeyID]bool{},
+			holds: map[hsm.KeyID]bool{}, suspect: map[hsm.KeyID]bool{}, verified: map[hsm.KeyID]bool{},
 		}
 		m.br.Store(c.newBreaker(m))
 		c.members = append(c.members, m)

@@ -95,7 +95,8 @@
 // an error wrapping ErrQuorum and each member's error. A copy that cannot
 // be destroyed at that moment (its member just failed), or that a call
 // its caller gave up on may still make, is remembered, and destroyed
-// before the ID is tried again and by the member's re-sync.
+// before the ID is tried again and by the member's re-sync; until then
+// the cluster does not route the key to that member.
 //
 // # Catalog, re-sync and anti-entropy
 //
@@ -109,7 +110,21 @@
 // member for its ID once), destroys the tombstoned ones and the leftovers
 // of failed creations, and copies the missing ones from a healthy member.
 // AntiEntropy does the same for healthy members, each
-// Config.AntiEntropyInterval. Coverage reports which members hold each
+// Config.AntiEntropyInterval.
+//
+// A creation that failed in an earlier process (a crash between a
+// member's copy and the catalog write) can leave other material under an
+// ID that a later creation takes; with a write quorum below the member
+// count, that creation succeeds without the member that holds the
+// leftover. So each record keeps the new key's check value
+// (hsm.Token.CheckValue, read from a member that holds it; KeyRecord.Check),
+// and a member serves a key it held from before (after a restart, or
+// copied by another process sharing the catalog) only once its copy's
+// check value matches: re-sync checks every key, anti-entropy the ones
+// this process has not seen there yet. A copy that does not match is
+// destroyed and copied afresh (metric leftovers_replaced_total). Records
+// made before check values, and tokens that cannot compute one, are
+// taken at their word. Coverage reports which members hold each
 // key, and keys members hold that the catalog does not list.
 //
 // # Membership

@@ -88,7 +88,10 @@ type member struct {
 	serial  string    // token serial when last synced
 	holds   map[hsm.KeyID]bool
 	suspect map[hsm.KeyID]bool // IDs whose creation here may have half-happened
-	removed bool
+	// verified: keys in holds whose copy here this process made, or found
+	// to match the catalog's check value.
+	verified map[hsm.KeyID]bool
+	removed  bool
 	// notJoined: the token holds no KEK of its own; the member waits for
 	// Bootstrap or Join.
 	notJoined bool
@@ -143,13 +146,25 @@ func (m *member) setHolds(id hsm.KeyID, ok bool) {
 		m.holds[id] = true
 	} else {
 		delete(m.holds, id)
+		delete(m.verified, id)
 	}
 }
 
+// hold records that m holds id, in a copy this process made or checked.
+func (m *member) hold(id hsm.KeyID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.holds[id], m.verified[id] = true, true
+}
+
+// addSuspect marks what m holds under id, if anything, as left by a
+// failed creation: it is not routed to, and is destroyed before any copy.
 func (m *member) addSuspect(id hsm.KeyID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.suspect[id] = true
+	delete(m.holds, id)
+	delete(m.verified, id)
 }
 
 // observeLatency folds d into the member's moving average, kept in the

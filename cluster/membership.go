@@ -144,6 +144,13 @@ func (c *Cluster) refreshHoldings(ctx context.Context, m *member) error {
 		}
 	}
 	m.mu.Lock()
+	for id := range holds {
+		// A key of the catalog's is taken up by a re-sync, which checks it
+		// first; here only the ones already held stay.
+		if !reserved(id) && !m.holds[id] {
+			delete(holds, id)
+		}
+	}
 	m.holds, m.kek = holds, own
 	m.mu.Unlock()
 	return nil

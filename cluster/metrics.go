@@ -26,6 +26,7 @@ type metrics struct {
 	keysDestroyed prometheus.Counter
 	keysCopied    prometheus.Counter
 	rollbacks     prometheus.Counter
+	leftovers     prometheus.Counter
 	kekTransfers  prometheus.Counter
 	stateDesc     *prometheus.Desc
 	inflightDesc  *prometheus.Desc
@@ -62,6 +63,7 @@ func newMetrics(c *Cluster) *metrics {
 		keysDestroyed: counter("keys_destroyed_total", "Keys destroyed."),
 		keysCopied:    counter("keys_copied_total", "Keys copied to a member by re-sync or anti-entropy."),
 		rollbacks:     counter("rollbacks_total", "Key creations rolled back for want of a quorum."),
+		leftovers:     counter("leftovers_replaced_total", "Copies whose check value did not match the catalog's, left under a key's ID by a failed creation, destroyed and copied afresh."),
 		kekTransfers:  counter("kek_transfers_total", "Key-encryption keys transferred in join ceremonies."),
 		stateDesc: prometheus.NewDesc(ns+"_member_state", "1 for the member's current state (down, syncing, degraded, healthy).",
 			[]string{"member", "state"}, nil),
@@ -72,7 +74,7 @@ func newMetrics(c *Cluster) *metrics {
 
 func (mt *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{mt.ops, mt.errs, mt.latency, mt.clusterOps, mt.clusterLat, mt.probeFailures, mt.resyncs,
-		mt.retries, mt.hedges, mt.eventsDropped, mt.keysCreated, mt.keysDestroyed, mt.keysCopied, mt.rollbacks, mt.kekTransfers}
+		mt.retries, mt.hedges, mt.eventsDropped, mt.keysCreated, mt.keysDestroyed, mt.keysCopied, mt.rollbacks, mt.leftovers, mt.kekTransfers}
 }
 
 func resultLabel(err error) string {

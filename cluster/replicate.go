@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -267,10 +268,10 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	holders []*member, attempts []*MemberError, targets []*member) (hsm.KeyInfo, error) {
 	var err error
 	if len(holders) > 0 && copies(holders) >= q {
-		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now()}
+		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: c.checkValue(ctx, id, holders)}
 		if _, err = c.catalog.Create(ctx, rec); err == nil {
 			for _, m := range holders {
-				m.setHolds(id, true)
+				m.hold(id)
 			}
 			c.metrics.keysCreated.Inc()
 			return info, nil
@@ -282,6 +283,24 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 		c.rollback(ctx, id, holders)
 	}
 	return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
+}
+
+// checkValue reads the check value of new key id from the first of
+// holders that gives it; nil if none does (the key is then recorded
+// without one, and copies of it are taken up unchecked).
+func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*member) []byte {
+	for _, m := range holders {
+		v, err := attempt(c, ctx, m, "check-value", func(ctx context.Context, t *hsm.Token) ([]byte, error) {
+			return t.CheckValue(ctx, id)
+		})
+		if err == nil {
+			return v
+		}
+		if errors.Is(err, hsm.ErrUnsupported) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil
 }
 
 // clearSuspects destroys what failed creations of id may have left on
@@ -464,6 +483,58 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 	return nil
 }
 
+// copyCheck is what verifyCopy found.
+type copyCheck uint8
+
+const (
+	copySame     copyCheck = iota // the catalog's key, now held
+	copyReplaced                  // other material, destroyed
+	copyGone                      // nothing there
+)
+
+// verifyCopy decides, with rec.ID's key lock held, whether what dst holds
+// under rec.ID is the catalog's key: its check value matches the
+// record's. It then records that dst holds it (copySame). A copy whose
+// check value differs is destroyed (copyReplaced). A record without a
+// check value, or a token that cannot compute one, is taken at its word,
+// as before check values were recorded. Any other failure is returned;
+// dst is then not routed to for the key.
+func (c *Cluster) verifyCopy(ctx context.Context, dst *member, rec KeyRecord) (copyCheck, error) {
+	tok := dst.token()
+	if tok == nil {
+		return copyGone, fmt.Errorf("%w: token not open", ErrNoHealthyMember)
+	}
+	if len(rec.Check) == 0 {
+		dst.setHolds(rec.ID, true)
+		return copySame, nil
+	}
+	got, err := tok.CheckValue(ctx, rec.ID)
+	switch {
+	case err == nil && bytes.Equal(got, rec.Check):
+		dst.hold(rec.ID)
+		return copySame, nil
+	case errors.Is(err, hsm.ErrUnsupported):
+		c.log.Warn("cluster: the member cannot compute the key's check value; its copy is taken unchecked", "member", dst.name, "key", rec.ID, "err", err)
+		dst.setHolds(rec.ID, true)
+		return copySame, nil
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		dst.setHolds(rec.ID, false)
+		return copyGone, nil
+	case err != nil:
+		dst.setHolds(rec.ID, false)
+		return copyGone, err
+	}
+	// Other material under the key's ID: left by a creation that failed
+	// midway. It must never serve.
+	dst.setHolds(rec.ID, false)
+	c.log.Warn("cluster: the member held other material under a key's ID, left by a failed creation; replacing it", "member", dst.name, "key", rec.ID)
+	if err := tok.DestroyKey(ctx, rec.ID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+		return copyGone, err
+	}
+	c.metrics.leftovers.Inc()
+	return copyReplaced, nil
+}
+
 // copyKey copies a catalog key to dst from a healthy member that holds it
 // and whose key-encryption key dst holds.
 func (c *Cluster) copyKey(ctx context.Context, rec KeyRecord, dst *member) error {
@@ -480,13 +551,20 @@ func (c *Cluster) copyKey(ctx context.Context, rec KeyRecord, dst *member) error
 		}
 		done, merrs := c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst})
 		if len(merrs) == 1 && errors.Is(merrs[0], hsm.ErrKeyExists) {
-			// Copied by a creation that ran meanwhile. (Leftovers of failed
-			// creations are suspects, destroyed before any copy.)
-			dst.setHolds(rec.ID, true)
-			return nil
+			// Copied by a creation or a re-sync that ran meanwhile, or left
+			// by a failed creation in an earlier process: taken up only
+			// once it proves to be the catalog's key.
+			found, err := c.verifyCopy(ctx, dst, rec)
+			if err != nil {
+				return err
+			}
+			if found == copySame {
+				return nil
+			}
+			done, merrs = c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst})
 		}
 		if len(done) == 1 {
-			dst.setHolds(rec.ID, true)
+			dst.hold(rec.ID)
 			c.metrics.keysCopied.Inc()
 			return nil
 		}

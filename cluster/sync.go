@@ -21,14 +21,21 @@ type RepairStats struct {
 // resync makes m agree with the catalog: it lists m's keys (the only
 // C_FindObjects the cluster does, off the data path), destroys what was
 // destroyed meanwhile or left by failed creations, and copies what was
-// created meanwhile. m must not take traffic while it runs, or be
-// healthy for an anti-entropy pass.
+// created meanwhile. Every key m held from before is checked against the
+// catalog's check value before m serves it again. m must not take
+// traffic while it runs.
 func (c *Cluster) resync(ctx context.Context, m *member) error {
-	_, err := c.repair(ctx, m)
+	_, err := c.sync(ctx, m, true)
 	return err
 }
 
+// repair is resync for an anti-entropy pass, on a member that may be
+// serving: only keys this process has not yet seen on m are checked.
 func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
+	return c.sync(ctx, m, false)
+}
+
+func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats, error) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 	var st RepairStats
@@ -41,10 +48,11 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 		return st, err
 	}
 	holds := make(map[hsm.KeyID]bool, len(keys))
+	listed := make(map[hsm.KeyID]bool, len(keys))
 	var own hsm.KeyID
 	var transports []hsm.KeyID
 	for _, k := range keys {
-		holds[k.ID] = true
+		holds[k.ID], listed[k.ID] = true, true
 		switch {
 		case strings.HasPrefix(string(k.ID), kekPrefix) && k.Trusted:
 			if own == "" || k.ID < own {
@@ -64,13 +72,37 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 		}
 		c.ceremonyMu.Unlock()
 	}
+	recs, err := c.catalog.List(ctx)
+	if err != nil {
+		return st, fmt.Errorf("cluster: catalog: %w", err)
+	}
+	m.mu.Lock()
+	if fresh {
+		clear(m.verified)
+	}
+	// A key m holds that this process neither made nor checked there is
+	// not served until its check value matches the catalog's; nor is a
+	// suspect, which is destroyed below.
+	var unchecked []KeyRecord
+	for _, rec := range recs {
+		if !rec.Destroyed && holds[rec.ID] && !m.verified[rec.ID] && len(rec.Check) > 0 {
+			delete(holds, rec.ID)
+			unchecked = append(unchecked, rec)
+		}
+	}
+	for id := range m.suspect {
+		delete(holds, id)
+	}
+	for id := range m.verified {
+		if !holds[id] {
+			delete(m.verified, id)
+		}
+	}
 	if own == "" {
-		m.mu.Lock()
 		m.kek, m.holds = "", holds
 		m.mu.Unlock()
 		return st, fmt.Errorf("%w: %s holds no key-encryption key of its own", ErrNotJoined, m.name)
 	}
-	m.mu.Lock()
 	m.kek, m.serial, m.holds = own, tok.Info().Serial, holds
 	suspects := make([]hsm.KeyID, 0, len(m.suspect))
 	for id := range m.suspect {
@@ -100,7 +132,7 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 			unlock()
 			continue
 		}
-		if m.has(id) {
+		if listed[id] {
 			if err := destroy(id); err != nil {
 				unlock()
 				return st, err
@@ -111,12 +143,28 @@ func (c *Cluster) repair(ctx context.Context, m *member) (RepairStats, error) {
 		m.mu.Unlock()
 		unlock()
 	}
-	recs, err := c.catalog.List(ctx)
-	if err != nil {
-		return st, fmt.Errorf("cluster: catalog: %w", err)
-	}
 	var copyErrs []error
+	uncheckable := map[hsm.KeyID]bool{}
+	for _, rec := range unchecked {
+		unlock := c.lockKey(rec.ID)
+		found, err := c.verifyCopy(ctx, m, rec)
+		unlock()
+		switch {
+		case err != nil:
+			st.Failed++
+			uncheckable[rec.ID] = true
+			copyErrs = append(copyErrs, fmt.Errorf("%s: checking the copy: %w", rec.ID, err))
+		case found == copyReplaced:
+			st.Destroyed++ // and copied afresh below
+		}
+		if ctx.Err() != nil {
+			return st, ctx.Err()
+		}
+	}
 	for _, rec := range recs {
+		if uncheckable[rec.ID] {
+			continue // held, not served, checked again by the next pass
+		}
 		switch {
 		case rec.Destroyed && m.has(rec.ID):
 			if err := destroy(rec.ID); err != nil {
