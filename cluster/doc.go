@@ -89,7 +89,8 @@
 //
 // A key is created only when it reaches the write quorum: by default
 // every member healthy when the call starts, and at least two when the
-// cluster has two or more members (Config.WriteQuorum changes it; a member
+// cluster has two or more members, removed ones not counted
+// (Config.WriteQuorum changes it; a member
 // with Replicas, such as an AWS CloudHSM cluster behind one module, counts
 // several times). Missing the quorum destroys every copy made and returns
 // an error wrapping ErrQuorum and each member's error. A copy that cannot

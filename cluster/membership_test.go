@@ -41,6 +41,13 @@ func TestRemoveMember(t *testing.T) {
 	if st := e.c.Members()[2]; st.State != Down {
 		t.Fatalf("a probe revived the removed member: %v", st.State)
 	}
+	// Down to one member: a cluster of one, whose keys need one copy.
+	if err := e.c.Remove(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.GenerateKey(ctx, "alone", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("creation with one member left: %v", err)
+	}
 	if err := e.c.Remove(ctx, "nobody"); !errors.Is(err, ErrUnknownMember) {
 		t.Fatalf("remove unknown: %v", err)
 	}

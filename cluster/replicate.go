@@ -35,12 +35,19 @@ func (c *Cluster) writeTargets() (targets []*member, healthy int) {
 	return targets, healthy
 }
 
-// quorum is how many copies a new key needs.
+// quorum is how many copies a new key needs. Removed members are no
+// longer part of the cluster.
 func (c *Cluster) quorum(healthy int) int {
 	if c.cfg.WriteQuorum > 0 {
 		return c.cfg.WriteQuorum
 	}
-	return max(healthy, min(2, copies(c.members)))
+	var left []*member
+	for _, m := range c.members {
+		if !m.isRemoved() {
+			left = append(left, m)
+		}
+	}
+	return max(healthy, min(2, copies(left)))
 }
 
 // copies counts the key copies members stand for (see Replicas).
