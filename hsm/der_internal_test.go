@@ -48,3 +48,17 @@ func TestECDSARawToDER(t *testing.T) {
 		require.Error(t, err)
 	}
 }
+
+// TestECPoint: CKA_EC_POINT as DER OCTET STRING or bare, and only of the
+// curve's length. A bare P-256 point whose X starts with 0x1f reads as a
+// 31-byte OCTET STRING followed by more bytes: it must not be cut to that.
+func TestECPoint(t *testing.T) {
+	point := append([]byte{4}, bytes.Repeat([]byte{0x1f}, 64)...)
+	der, err := asn1.Marshal(point)
+	require.NoError(t, err)
+	require.Equal(t, point, ecPoint(der, ECP256))
+	require.Equal(t, point, ecPoint(point, ECP256), "a bare point")
+	require.Nil(t, ecPoint(point[:40], ECP256), "too short")
+	require.Nil(t, ecPoint(der, ECP384), "another curve's length")
+	require.Nil(t, ecPoint(append(der, 0), ECP256), "trailing bytes")
+}

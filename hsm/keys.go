@@ -204,6 +204,15 @@ func (c *keyCache) put(e *keyEntry) {
 	c.mu.Unlock()
 }
 
+// putIfAbsent caches e unless id has an entry of e's generation already.
+func (c *keyCache) putIfAbsent(e *keyEntry) {
+	c.mu.Lock()
+	if old := c.m[e.info.ID]; old == nil || old.gen != e.gen {
+		c.m[e.info.ID] = e
+	}
+	c.mu.Unlock()
+}
+
 func (c *keyCache) drop(id KeyID) {
 	c.mu.Lock()
 	delete(c.m, id)
@@ -768,6 +777,10 @@ func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := t.do(ctx, OpListKeys, "", func(s *session, _ *keyEntry) error {
 		out = out[:0]
+		// Object writes that overlap the listing may have left it stale:
+		// it is then not cached (see warm).
+		started := t.writesStarted.Load()
+		quiet := t.writesDone.Load() == started
 		pubs, err := t.publicKeys(s)
 		if err != nil {
 			return err
@@ -802,7 +815,9 @@ func (t *Token) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 				found = append(found, e)
 			}
 		}
-		t.warm(s, found, count, pubs)
+		if quiet && t.writesStarted.Load() == started {
+			t.warm(s, found, count, pubs)
+		}
 		return nil
 	})
 	if err != nil {
@@ -839,9 +854,10 @@ func (t *Token) publicKeys(s *session) (map[KeyID]pkcs11.ObjectHandle, error) {
 
 // warm caches the handles a listing found, as lookUp would have found
 // them, so that the first call on each key after a listing (a cluster
-// member's re-sync) searches nothing. An ID that names more than one
-// secret or private key, or more than one public key, is left to lookUp;
-// so is one already cached.
+// member's re-sync) searches nothing. ListKeys calls it only when no
+// object write of this Token overlapped the listing. An ID that names
+// more than one secret or private key, or more than one public key, is
+// left to lookUp; so is one already cached.
 func (t *Token) warm(s *session, found []*keyEntry, count map[KeyID]int, pubs map[KeyID]pkcs11.ObjectHandle) {
 	t.mu.Lock()
 	current := t.gen == s.gen
@@ -851,10 +867,10 @@ func (t *Token) warm(s *session, found []*keyEntry, count map[KeyID]int, pubs ma
 	}
 	for _, e := range found {
 		id := e.info.ID
-		if h, ok := pubs[id]; count[id] != 1 || (ok && h == 0) || t.keys.get(id, s.gen) != nil {
+		if h, ok := pubs[id]; count[id] != 1 || (ok && h == 0) {
 			continue
 		}
-		t.keys.put(e)
+		t.keys.putIfAbsent(e)
 	}
 }
 

@@ -53,14 +53,20 @@ func (t *Token) publicDER(s *session, e *keyEntry) ([]byte, error) {
 
 // CheckValue returns a short value that tells one key's material from
 // another's without revealing it, the same on every token that holds the
-// same key: for a key pair, the SHA-256 of its public key as DER
-// SubjectPublicKeyInfo; for an AES key, the PKCS#11 key check value (the
-// first three bytes of its encryption of a zero block, AES-ECB); for an
-// HMAC key, the first eight bytes of its HMAC of the fixed message
-// "hsmkms check value" (SHA-224 for HMAC_224 keys, SHA-256 for the
-// others). The secret keys' values are computed by the token on every
-// call: tokens do not agree on keeping CKA_CHECK_VALUE (SoftHSM keeps none
-// for an unwrapped key). A key whose usage forbids the operation is
+// same key. Its first byte is the format, CheckValueV1, then:
+//   - for a key pair, the SHA-256 of its public key as DER
+//     SubjectPublicKeyInfo;
+//   - for an AES key, the first eight bytes of the SHA-256 of its AES-ECB
+//     encryption of the fixed block "hsmkms check v1\x00" (not the
+//     PKCS#11 check value, the encryption of a zero block, which is the
+//     AES-GCM hash key);
+//   - for an HMAC key, the first eight bytes of its HMAC of the fixed
+//     message "hsmkms check value" (SHA-224 for HMAC_224 keys, SHA-256 for
+//     the others).
+//
+// The secret keys' values are computed by the token on every call:
+// tokens do not agree on keeping CKA_CHECK_VALUE (SoftHSM keeps none for
+// an unwrapped key). A key whose usage or token refuses the operation is
 // ErrUnsupported. The value tells keys apart by accident, not against an
 // adversary: it finds a key left under the wrong ID, it does not
 // authenticate one.
@@ -77,8 +83,15 @@ func (t *Token) CheckValue(ctx context.Context, id KeyID) ([]byte, error) {
 	return out, nil
 }
 
-// checkMessage is what an HMAC key's check value is the MAC of.
-const checkMessage = "hsmkms check value"
+// CheckValueV1 is the format byte that starts CheckValue's values.
+const CheckValueV1 = 1
+
+// checkMessage is what an HMAC key's check value is the MAC of;
+// checkBlock is what an AES key's encrypts.
+const (
+	checkMessage = "hsmkms check value"
+	checkBlock   = "hsmkms check v1\x00"
+)
 
 func (t *Token) checkValue(s *session, e *keyEntry) ([]byte, error) {
 	spec := e.info.Spec
@@ -88,11 +101,16 @@ func (t *Token) checkValue(s *session, e *keyEntry) ([]byte, error) {
 			return nil, err
 		}
 		sum := sha256.Sum256(der)
-		return sum[:], nil
+		return append([]byte{CheckValueV1}, sum[:]...), nil
 	}
 	refused := func(err error) error {
-		if code, ok := asCKR(err); ok && (code == CKR(pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED) || code == CKR(pkcs11.CKR_MECHANISM_INVALID)) {
-			return &Error{Code: code, Err: fmt.Errorf("%w: %s's usage allows no check value", ErrUnsupported, e.info.ID)}
+		code, ok := asCKR(err)
+		if ok {
+			switch uint(code) {
+			case pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
+				pkcs11.CKR_KEY_TYPE_INCONSISTENT, pkcs11.CKR_MECHANISM_PARAM_INVALID:
+				return &Error{Code: code, Err: fmt.Errorf("%w: no check value for %s on this token", ErrUnsupported, e.info.ID)}
+			}
 		}
 		return err
 	}
@@ -100,11 +118,12 @@ func (t *Token) checkValue(s *session, e *keyEntry) ([]byte, error) {
 		if err := t.mod.ctx.EncryptInit(s.h, mech(pkcs11.CKM_AES_ECB, nil), e.priv); err != nil {
 			return nil, refused(err)
 		}
-		block, err := t.mod.ctx.Encrypt(s.h, make([]byte, 16))
+		block, err := t.mod.ctx.Encrypt(s.h, []byte(checkBlock))
 		if err != nil {
-			return nil, err
+			return nil, refused(err)
 		}
-		return block[:3], nil
+		sum := sha256.Sum256(block)
+		return append([]byte{CheckValueV1}, sum[:8]...), nil
 	}
 	h := crypto.SHA256
 	if spec == HMAC224 {
@@ -115,9 +134,9 @@ func (t *Token) checkValue(s *session, e *keyEntry) ([]byte, error) {
 	}
 	mac, err := t.mod.ctx.Sign(s.h, []byte(checkMessage))
 	if err != nil {
-		return nil, err
+		return nil, refused(err)
 	}
-	return mac[:8], nil
+	return append([]byte{CheckValueV1}, mac[:8]...), nil
 }
 
 // spki reads the public key of object obj, of spec, as DER
@@ -136,11 +155,7 @@ func (t *Token) spki(s *session, obj pkcs11.ObjectHandle, spec KeySpec) ([]byte,
 		if err != nil {
 			return nil, err
 		}
-		var point []byte
-		if _, err := asn1.Unmarshal(a[pkcs11.CKA_EC_POINT], &point); err != nil {
-			point = a[pkcs11.CKA_EC_POINT] // some modules return the raw point
-		}
-		return ecSPKI(si.curve, point)
+		return ecSPKI(si.curve, ecPoint(a[pkcs11.CKA_EC_POINT], spec))
 	}
 	return nil, fmt.Errorf("%w: %s is not a key pair", ErrWrongKeyType, spec)
 }
@@ -151,6 +166,31 @@ func rsaSPKI(modulus, exponent []byte) ([]byte, error) {
 		return nil, fmt.Errorf("token returned a malformed RSA public key")
 	}
 	return x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(modulus), E: int(e.Int64())})
+}
+
+// ecPoint is the uncompressed point in a CKA_EC_POINT value: DER OCTET
+// STRING around it, as PKCS#11 says, or bare, as some modules return it.
+// Either must be exactly as long as spec's points, so that a bare point
+// whose first bytes happen to read as a short OCTET STRING is not cut.
+// nil when it is neither.
+func ecPoint(v []byte, spec KeySpec) []byte {
+	want := 0
+	switch spec {
+	case ECP256, ECSecp256k1:
+		want = 1 + 2*32
+	case ECP384:
+		want = 1 + 2*48
+	case ECP521:
+		want = 1 + 2*66
+	}
+	var point []byte
+	if rest, err := asn1.Unmarshal(v, &point); err == nil && len(rest) == 0 && len(point) == want {
+		return point
+	}
+	if len(v) == want {
+		return v
+	}
+	return nil
 }
 
 func ecSPKI(curve asn1.ObjectIdentifier, point []byte) ([]byte, error) {

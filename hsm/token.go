@@ -66,6 +66,9 @@ type Token struct {
 	info  atomic.Pointer[TokenInfo] // replaced whole on (re)connect; read without locks
 	keys  keyCache
 	finds atomic.Int64 // C_FindObjects searches, for tests
+	// Object writes (writesObjects) begun and ended, so that a listing
+	// knows whether one overlapped it.
+	writesStarted, writesDone atomic.Uint64
 }
 
 // TokenInfo describes the token a Token is connected to.
@@ -501,6 +504,10 @@ func (t *Token) attempt(ctx context.Context, op Op, s *session, id KeyID, fn opF
 	}()
 	l := t.lockObjects(op)
 	defer t.unlockObjects(l)
+	if writesObjects(op) {
+		t.writesStarted.Add(1)
+		defer t.writesDone.Add(1)
+	}
 	if t.opts.interceptor == nil {
 		err = t.apply(s, id, fn) // without intercept's closure, which escapes
 	} else {
@@ -517,7 +524,7 @@ var errDrop = errors.New("hsm: session dropped")
 // writesObjects reports whether op creates or destroys token objects.
 func writesObjects(op Op) bool {
 	switch op {
-	case OpGenerateKey, OpUnwrapKey, OpDestroyKey, OpMarkTrusted:
+	case OpGenerateKey, OpUnwrapKey, OpDestroyKey, OpMarkTrusted, OpImportKey:
 		return true
 	}
 	return false

@@ -473,9 +473,9 @@ func TestUnwrapFailureFollowsProfile(t *testing.T) {
 
 // TestCheckValue: check values computed here from known material
 // (imported under RSA-OAEP, so the token keeps no CKA_CHECK_VALUE of its
-// own) match: an AES key's encryption of a zero block (3 bytes), an HMAC
-// key's MAC of the fixed message (8 bytes), a key pair's SHA-256 of its
-// public key. Different keys differ, an unknown key is ErrKeyNotFound,
+// own) match, after the format byte: 8 bytes of the SHA-256 of an AES
+// key's encryption of the fixed block, 8 bytes of an HMAC key's MAC of
+// the fixed message, a key pair's SHA-256 of its public key. Different keys differ, an unknown key is ErrKeyNotFound,
 // and a key whose usage forbids the operation is ErrUnsupported.
 func TestCheckValue(t *testing.T) {
 	ctx := context.Background()
@@ -494,30 +494,33 @@ func TestCheckValue(t *testing.T) {
 	imp("mac", hsm.HMAC256, macKey)
 	imp("mac224", hsm.HMAC224, macKey[:28])
 
+	v1 := func(b []byte) []byte { return append([]byte{hsm.CheckValueV1}, b...) }
 	block, err := aes.NewCipher(aesKey)
 	require.NoError(t, err)
-	zero := make([]byte, aes.BlockSize)
-	block.Encrypt(zero, zero)
+	enc := make([]byte, aes.BlockSize)
+	block.Encrypt(enc, []byte("hsmkms check v1\x00"))
+	sum := sha256.Sum256(enc)
+	want := v1(sum[:8])
 	got, err := tok.CheckValue(ctx, "aes")
 	require.NoError(t, err)
-	assert.Equal(t, zero[:3], got)
+	assert.Equal(t, want, got)
 
 	mac := hmac.New(sha256.New, macKey)
 	mac.Write([]byte("hsmkms check value"))
 	got, err = tok.CheckValue(ctx, "mac")
 	require.NoError(t, err)
-	assert.Equal(t, mac.Sum(nil)[:8], got)
+	assert.Equal(t, v1(mac.Sum(nil)[:8]), got)
 	mac = hmac.New(sha256.New224, macKey[:28])
 	mac.Write([]byte("hsmkms check value"))
 	got, err = tok.CheckValue(ctx, "mac224")
 	require.NoError(t, err)
-	assert.Equal(t, mac.Sum(nil)[:8], got, "an HMAC_224 key's check value uses SHA-224")
+	assert.Equal(t, v1(mac.Sum(nil)[:8]), got, "an HMAC_224 key's check value uses SHA-224")
 
 	_, err = tok.GenerateKey(ctx, "other", hsm.AES256, hsm.KeyOptions{})
 	require.NoError(t, err)
 	other, err := tok.CheckValue(ctx, "other")
 	require.NoError(t, err)
-	assert.NotEqual(t, zero[:3], other)
+	assert.NotEqual(t, want, other)
 
 	for _, spec := range []hsm.KeySpec{hsm.ECP256, hsm.RSA2048} {
 		id := hsm.KeyID("pair-" + string(spec))
@@ -528,7 +531,7 @@ func TestCheckValue(t *testing.T) {
 		want := sha256.Sum256(pub)
 		got, err := tok.CheckValue(ctx, id)
 		require.NoError(t, err)
-		assert.Equal(t, want[:], got, spec)
+		assert.Equal(t, v1(want[:]), got, spec)
 	}
 	_, err = tok.CheckValue(ctx, "absent")
 	require.ErrorIs(t, err, hsm.ErrKeyNotFound)
