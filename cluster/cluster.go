@@ -336,9 +336,44 @@ func (c *Cluster) recover(ctx context.Context, m *member, force bool) {
 		c.setState(m, Down, "re-sync failed", err)
 		return
 	}
+	c.completeExchange(ctx, m)
 	m.fails.Store(0)
 	m.br.Store(c.newBreaker(m))
 	c.casState(m, Syncing, Healthy, "re-synced")
+}
+
+// completeExchange finishes, for a member back from an absence, the KEK
+// exchange that a Join run meanwhile could not do with it: with AutoJoin
+// it runs the exchange, without it says what is missing. Members that do
+// not hold each other's KEK cannot copy keys between them, and cannot
+// take part in one creation without a third member as its origin.
+func (c *Cluster) completeExchange(ctx context.Context, m *member) {
+	_, _, own := m.snapshot()
+	var missing []string
+	for _, x := range c.members {
+		_, xt, xkek := x.snapshot()
+		if x == m || xt == nil || xkek == "" || x.isRemoved() {
+			continue
+		}
+		if !m.has(xkek) || !x.has(own) {
+			missing = append(missing, x.name)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if !c.cfg.AutoJoin {
+		c.log.Warn("cluster: members do not hold each other's key-encryption keys (a Join ran while one was away); run Join for this member, or set AutoJoin", "member", m.name, "with", missing)
+		return
+	}
+	if !c.ceremonyMu.TryLock() {
+		return // a ceremony is running; the next recovery or Join does it
+	}
+	defer c.ceremonyMu.Unlock()
+	c.log.Info("cluster: exchanging key-encryption keys with members a Join could not reach (AutoJoin)", "member", m.name, "with", missing)
+	if err := c.exchange(ctx, m); err != nil {
+		c.log.Warn("cluster: key-encryption key exchange failed", "member", m.name, "err", err)
+	}
 }
 
 // MemberStatus is one member as the cluster sees it.

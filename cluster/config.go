@@ -91,8 +91,9 @@ type Config struct {
 	LatencyAware bool
 	// AutoJoin lets the cluster run the join ceremony (see Join) by itself
 	// when a probe finds a member without a key-encryption key, e.g. after
-	// the HSM was replaced. Off by default: the ceremony marks keys
-	// trusted with SO logins.
+	// the HSM was replaced, and finish the exchange of key-encryption keys
+	// with a member that was away while another joined. Off by default:
+	// the ceremony marks keys trusted with SO logins.
 	AutoJoin bool
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -57,6 +58,46 @@ func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
 	}
 }
 
+// TestAwayMemberCompletesTheExchange: as TestCreationAfterJoinWithAMemberAway,
+// with AutoJoin: when m0 comes back, the exchange the Join could not do
+// with it runs, and m0 and m2 hold each other's key-encryption keys.
+func TestAwayMemberCompletesTheExchange(t *testing.T) {
+	e := newEnv(t, 3, func(c *Config) { c.AutoJoin = true })
+	ctx := context.Background()
+	c := e.restartWithDown(0)
+	if err := e.sh.Members[2].Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CheckHealth(ctx)
+	if err := c.Join(ctx, "m2"); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	_, _, kek0 := c.members[0].snapshot()
+	_, _, kek2 := c.members[2].snapshot()
+	if kek0 != "" || c.members[2].has(kek0) {
+		t.Fatal("m0 was reachable during the Join")
+	}
+	if err := e.sh.Members[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CheckHealth(ctx)
+	_, _, kek0 = c.members[0].snapshot()
+	if kek0 == "" {
+		t.Fatal("m0 did not come back")
+	}
+	if !c.members[0].has(kek2) || !c.members[2].has(kek0) {
+		t.Fatalf("m0 and m2 do not hold each other's key-encryption keys")
+	}
+	// m2's KEK is on m0's token itself, not only in the cluster's memory.
+	keys, err := c.members[0].token().ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(keys, func(k hsm.KeyInfo) bool { return k.ID == kek2 }) {
+		t.Fatal("m0's token lacks m2's key-encryption key")
+	}
+}
+
 // TestRemoveMemberDownSinceStart: a member down since the cluster started
 // (its own key-encryption key never read) is removed, and the copies of
 // its key-encryption key on the others are destroyed all the same.
@@ -66,7 +107,7 @@ func TestRemoveMemberDownSinceStart(t *testing.T) {
 	_, _, kek2 := e.c.members[2].snapshot()
 	c := e.restartWithDown(2)
 	if err := c.Remove(ctx, "m2"); err != nil {
-		t.Fatalf("Remove: %v", err)
+		t.Fatalf("Remove: %v (members: %+v)", err, c.Members())
 	}
 	for i := range 2 {
 		keys, err := c.members[i].token().ListKeys(ctx)
@@ -176,6 +217,155 @@ func TestLeftoverReplacedAfterRestart(t *testing.T) {
 		if !c.members[i].has("k/v2") {
 			t.Errorf("m%d does not hold k/v2 after the re-sync", i)
 		}
+	}
+}
+
+// staleCatalog answers Get for one ID as if its record did not exist
+// yet, as another process sees it a moment before this one's Create
+// lands.
+type staleCatalog struct {
+	Catalog
+	id    hsm.KeyID
+	stale atomic.Bool
+}
+
+func (s *staleCatalog) Get(ctx context.Context, id hsm.KeyID) (KeyRecord, error) {
+	if id == s.id && s.stale.Load() {
+		return KeyRecord{}, fmt.Errorf("%w: not yet", hsm.ErrKeyNotFound)
+	}
+	return s.Catalog.Get(ctx, id)
+}
+
+// replica starts a second cluster over the same members, with catalog
+// cat, as another service replica sharing them would; it is closed at
+// the end of the test.
+func (e *env) replica(cat Catalog) *Cluster {
+	e.t.Helper()
+	var opts []Option
+	for i, m := range e.sh.Members {
+		opts = append(opts, WithTokenOptions(e.cfg.Members[i].Name, hsm.WithInterceptor(m.Faults)))
+	}
+	c, err := New(context.Background(), e.cfg, append(opts, WithCatalog(cat), WithClock(newFakeClock()))...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestLosingReplicaKeepsTheWinnersKey: two replicas create one ID at
+// once (both rotate a key to the same version, say). The first commits;
+// the second finds the ID taken on every member and marks each copy
+// suspect. Its next anti-entropy pass finds the ID live in the catalog
+// and the copies matching its check value: it keeps them all.
+func TestLosingReplicaKeepsTheWinnersKey(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	sc := &staleCatalog{Catalog: e.c.catalog, id: "k/v2"}
+	loser := e.replica(sc)
+	if _, err := e.c.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sc.stale.Store(true)
+	if _, err := loser.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); err == nil {
+		t.Fatal("the second creation of k/v2 succeeded")
+	}
+	sc.stale.Store(false)
+	if _, err := loser.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := e.tokenKeys(i); !slices.Equal(got, []string{"k/v2"}) {
+			t.Fatalf("m%d holds %v after the losing replica's pass", i, got)
+		}
+		if !loser.members[i].has("k/v2") {
+			t.Errorf("the losing replica does not route k/v2 to m%d", i)
+		}
+	}
+	if _, _, err := e.c.EncryptGCM(ctx, "k/v2", nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOtherReplicaDoesNotServeALeftover: a replica's anti-entropy pass
+// lists m2's leftover while the catalog does not know the ID; another
+// replica then creates the ID without m2 (quorum two). The first replica
+// never routes the key to m2, and its next pass replaces m2's copy.
+func TestOtherReplicaDoesNotServeALeftover(t *testing.T) {
+	e := newEnv(t, 3, func(c *Config) { c.WriteQuorum = 2 })
+	ctx := context.Background()
+	other := e.replica(e.c.catalog)
+	e.plantLeftover(2, "k/v2")
+	if _, err := other.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cv, err := other.Coverage(ctx); err != nil || !slices.Equal(cv.Orphans["m2"], []hsm.KeyID{"k/v2"}) {
+		t.Fatalf("coverage orphans %v, %v; want m2's k/v2", cv.Orphans, err)
+	}
+	if _, err := e.c.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if other.members[2].has("k/v2") {
+		t.Fatal("the other replica routes k/v2 to m2, which holds the leftover")
+	}
+	if _, err := other.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !other.members[2].has("k/v2") {
+		t.Fatal("m2 does not serve k/v2 after the pass")
+	}
+	sameMaterial(t, other, "k/v2", 2, 0)
+}
+
+// TestSyncingMemberDoesNotServeALeftover: m2, with a leftover under an
+// ID, is not a write target (it is re-syncing) when the ID is created.
+// It does not serve the key when it turns healthy.
+func TestSyncingMemberDoesNotServeALeftover(t *testing.T) {
+	e := newEnv(t, 3, func(c *Config) { c.WriteQuorum = 2 })
+	ctx := context.Background()
+	e.plantLeftover(2, "k/v2")
+	m2 := e.c.members[2]
+	e.c.setState(m2, Syncing, "test: re-sync in progress", nil)
+	if _, err := e.c.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.c.setState(m2, Healthy, "test: re-sync done", nil)
+	if m2.has("k/v2") {
+		t.Fatal("m2 routes k/v2 though it holds the leftover")
+	}
+}
+
+// TestUnmatchedCheckValueDestroysNothing: a record whose check value no
+// copy matches (a damaged catalog, say). After a restart no member
+// serves the key, and none destroys its copy: with no copy of the real
+// key at hand, nothing replaces it.
+func TestUnmatchedCheckValueDestroysNothing(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	if _, err := e.c.GenerateKey(ctx, "k", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mc := e.c.catalog.(*MemoryCatalog)
+	mc.mu.Lock()
+	rec := mc.m["k"]
+	rec.Check = append([]byte{hsm.CheckValueV1}, "damaged!"...)
+	mc.m["k"] = rec
+	mc.mu.Unlock()
+	c := e.restartWithDown(-1)
+	for i := range 3 {
+		if c.members[i].has("k") {
+			t.Errorf("m%d serves k, whose copy does not match", i)
+		}
+		keys, err := c.members[i].token().ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(keys, func(k hsm.KeyInfo) bool { return k.ID == "k" }) {
+			t.Errorf("m%d destroyed its copy of k", i)
+		}
+	}
+	if testutilCount(c.metrics.leftovers) != 0 {
+		t.Error("a copy was counted as replaced")
 	}
 }
 

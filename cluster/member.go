@@ -91,7 +91,11 @@ type member struct {
 	// verified: keys in holds whose copy here this process made, or found
 	// to match the catalog's check value.
 	verified map[hsm.KeyID]bool
-	removed  bool
+	// orphans: keys the last re-sync found that the catalog does not know
+	// (left by failed creations, or being made by another process); never
+	// served, reported by Coverage.
+	orphans map[hsm.KeyID]bool
+	removed bool
 	// notJoined: the token holds no KEK of its own; the member waits for
 	// Bootstrap or Join.
 	notJoined bool

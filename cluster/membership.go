@@ -54,6 +54,9 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 //     trusted (hsm.Token.ImportTrustedPublicKey); the sender wraps its KEK
 //     under it with RSA-OAEP; the receiver unwraps it inside its token,
 //     as a non-extractable copy. Both transport halves are then destroyed.
+//     A member that is away gets this exchange when it comes back, with
+//     Config.AutoJoin; without it, its recovery logs what is missing, and
+//     Join of either member, once both are up, completes it.
 //  3. The member is re-synced: it gets every key of the catalog, and
 //     takes traffic.
 //

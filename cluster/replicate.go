@@ -303,7 +303,7 @@ func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*membe
 		if err == nil {
 			return v
 		}
-		if errors.Is(err, hsm.ErrUnsupported) || ctx.Err() != nil {
+		if ctx.Err() != nil {
 			break
 		}
 	}
@@ -494,25 +494,28 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 type copyCheck uint8
 
 const (
-	copySame     copyCheck = iota // the catalog's key, now held
-	copyReplaced                  // other material, destroyed
+	copySame     copyCheck = iota // the catalog's key, or taken as such: now held
+	copyMismatch                  // other material: not held, left for copyKey to replace
 	copyGone                      // nothing there
 )
 
 // verifyCopy decides, with rec.ID's key lock held, whether what dst holds
 // under rec.ID is the catalog's key: its check value matches the
 // record's. It then records that dst holds it (copySame). A copy whose
-// check value differs is destroyed (copyReplaced). A record without a
-// check value, or a token that cannot compute one, is taken at its word,
-// as before check values were recorded. Any other failure is returned;
-// dst is then not routed to for the key.
+// check value differs is taken out of routing but kept (copyMismatch):
+// only copyKey destroys it, once it has a source to copy the real key
+// from, so that a record no copy matches (a damaged catalog, say) costs
+// no key. A record without a check value, or one this member cannot
+// compute or computes in another format, is taken at its word, as before
+// check values were recorded. Any other failure is returned; dst is then
+// not routed to for the key.
 func (c *Cluster) verifyCopy(ctx context.Context, dst *member, rec KeyRecord) (copyCheck, error) {
 	tok := dst.token()
 	if tok == nil {
 		return copyGone, fmt.Errorf("%w: token not open", ErrNoHealthyMember)
 	}
 	if len(rec.Check) == 0 {
-		dst.setHolds(rec.ID, true)
+		dst.hold(rec.ID)
 		return copySame, nil
 	}
 	got, err := tok.CheckValue(ctx, rec.ID)
@@ -520,9 +523,9 @@ func (c *Cluster) verifyCopy(ctx context.Context, dst *member, rec KeyRecord) (c
 	case err == nil && bytes.Equal(got, rec.Check):
 		dst.hold(rec.ID)
 		return copySame, nil
-	case errors.Is(err, hsm.ErrUnsupported):
-		c.log.Warn("cluster: the member cannot compute the key's check value; its copy is taken unchecked", "member", dst.name, "key", rec.ID, "err", err)
-		dst.setHolds(rec.ID, true)
+	case errors.Is(err, hsm.ErrUnsupported), err == nil && (len(got) == 0 || got[0] != rec.Check[0]):
+		c.log.Warn("cluster: the member cannot compare the key's check value; its copy is taken unchecked", "member", dst.name, "key", rec.ID, "err", err)
+		dst.hold(rec.ID)
 		return copySame, nil
 	case errors.Is(err, hsm.ErrKeyNotFound):
 		dst.setHolds(rec.ID, false)
@@ -534,12 +537,8 @@ func (c *Cluster) verifyCopy(ctx context.Context, dst *member, rec KeyRecord) (c
 	// Other material under the key's ID: left by a creation that failed
 	// midway. It must never serve.
 	dst.setHolds(rec.ID, false)
-	c.log.Warn("cluster: the member held other material under a key's ID, left by a failed creation; replacing it", "member", dst.name, "key", rec.ID)
-	if err := tok.DestroyKey(ctx, rec.ID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-		return copyGone, err
-	}
-	c.metrics.leftovers.Inc()
-	return copyReplaced, nil
+	c.log.Warn("cluster: the member holds other material under a key's ID, left by a failed creation; it is replaced once a copy of the real key is at hand", "member", dst.name, "key", rec.ID)
+	return copyMismatch, nil
 }
 
 // copyKey copies a catalog key to dst from a healthy member that holds it
@@ -560,13 +559,23 @@ func (c *Cluster) copyKey(ctx context.Context, rec KeyRecord, dst *member) error
 		if len(merrs) == 1 && errors.Is(merrs[0], hsm.ErrKeyExists) {
 			// Copied by a creation or a re-sync that ran meanwhile, or left
 			// by a failed creation in an earlier process: taken up only
-			// once it proves to be the catalog's key.
+			// once it proves to be the catalog's key, and replaced, now
+			// that src holds the real one, if it is not.
 			found, err := c.verifyCopy(ctx, dst, rec)
-			if err != nil {
+			switch {
+			case err != nil:
 				return err
-			}
-			if found == copySame {
+			case found == copySame:
 				return nil
+			case found == copyMismatch:
+				tok := dst.token()
+				if tok == nil {
+					return fmt.Errorf("%w: token not open", ErrNoHealthyMember)
+				}
+				if err := tok.DestroyKey(ctx, rec.ID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+					return err
+				}
+				c.metrics.leftovers.Inc()
 			}
 			done, merrs = c.replicate(ctx, src, rec.ID, rec.Spec, rec.Usage, []*member{dst})
 		}

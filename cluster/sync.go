@@ -47,12 +47,11 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	if err != nil {
 		return st, err
 	}
-	holds := make(map[hsm.KeyID]bool, len(keys))
 	listed := make(map[hsm.KeyID]bool, len(keys))
 	var own hsm.KeyID
 	var transports []hsm.KeyID
 	for _, k := range keys {
-		holds[k.ID], listed[k.ID] = true, true
+		listed[k.ID] = true
 		switch {
 		case strings.HasPrefix(string(k.ID), kekPrefix) && k.Trusted:
 			if own == "" || k.ID < own {
@@ -67,7 +66,7 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	if len(transports) > 0 && c.ceremonyMu.TryLock() {
 		for _, id := range transports {
 			if err := tok.DestroyKey(ctx, id); err == nil {
-				delete(holds, id)
+				delete(listed, id)
 			}
 		}
 		c.ceremonyMu.Unlock()
@@ -76,28 +75,48 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	if err != nil {
 		return st, fmt.Errorf("cluster: catalog: %w", err)
 	}
+	live := make(map[hsm.KeyID]KeyRecord, len(recs))
+	known := make(map[hsm.KeyID]bool, len(recs))
+	for _, rec := range recs {
+		known[rec.ID] = true
+		if !rec.Destroyed {
+			live[rec.ID] = rec
+		}
+	}
+	// What m serves: the cluster's own keys, and the catalog's keys whose
+	// copy here this process made or checked, or whose record has no check
+	// value. Other catalog keys wait for their check below; suspects for
+	// their destruction; keys the catalog does not know (left by failed
+	// creations, or being created by another process) are never served.
+	holds := make(map[hsm.KeyID]bool, len(listed))
+	orphans := map[hsm.KeyID]bool{}
+	var unchecked []KeyRecord
 	m.mu.Lock()
 	if fresh {
 		clear(m.verified)
 	}
-	// A key m holds that this process neither made nor checked there is
-	// not served until its check value matches the catalog's; nor is a
-	// suspect, which is destroyed below.
-	var unchecked []KeyRecord
-	for _, rec := range recs {
-		if !rec.Destroyed && holds[rec.ID] && !m.verified[rec.ID] && len(rec.Check) > 0 {
-			delete(holds, rec.ID)
+	for id := range listed {
+		rec, isLive := live[id]
+		switch {
+		case reserved(id):
+			holds[id] = true
+		case m.suspect[id]:
+		case !isLive:
+			if !known[id] {
+				orphans[id] = true
+			}
+		case m.verified[id] || len(rec.Check) == 0:
+			holds[id] = true
+		default:
 			unchecked = append(unchecked, rec)
 		}
-	}
-	for id := range m.suspect {
-		delete(holds, id)
 	}
 	for id := range m.verified {
 		if !holds[id] {
 			delete(m.verified, id)
 		}
 	}
+	m.orphans = orphans
 	if own == "" {
 		m.kek, m.holds = "", holds
 		m.mu.Unlock()
@@ -120,7 +139,10 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		return err
 	}
 	// Leftovers of failed creations go first: a key the catalog lists is
-	// then copied afresh from a member that holds the real one.
+	// then copied afresh from a member that holds the real one. A suspect
+	// the catalog now lists as live was committed since, by this process
+	// without m or by another one sharing the catalog: it is checked like
+	// any other copy, never destroyed unseen.
 	for _, id := range suspects {
 		unlock := c.lockKey(id)
 		m.mu.RLock()
@@ -132,7 +154,16 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 			unlock()
 			continue
 		}
-		if listed[id] {
+		rec, err := c.catalog.Get(ctx, id)
+		switch {
+		case err == nil && !rec.Destroyed:
+			if listed[id] {
+				unchecked = append(unchecked, rec)
+			}
+		case err != nil && !errors.Is(err, hsm.ErrKeyNotFound):
+			unlock()
+			continue // the next pass decides
+		case listed[id]:
 			if err := destroy(id); err != nil {
 				unlock()
 				return st, err
@@ -140,6 +171,7 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		}
 		m.mu.Lock()
 		delete(m.suspect, id)
+		delete(m.orphans, id)
 		m.mu.Unlock()
 		unlock()
 	}
@@ -147,15 +179,12 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	uncheckable := map[hsm.KeyID]bool{}
 	for _, rec := range unchecked {
 		unlock := c.lockKey(rec.ID)
-		found, err := c.verifyCopy(ctx, m, rec)
+		_, err := c.verifyCopy(ctx, m, rec)
 		unlock()
-		switch {
-		case err != nil:
+		if err != nil {
 			st.Failed++
 			uncheckable[rec.ID] = true
 			copyErrs = append(copyErrs, fmt.Errorf("%s: checking the copy: %w", rec.ID, err))
-		case found == copyReplaced:
-			st.Destroyed++ // and copied afresh below
 		}
 		if ctx.Err() != nil {
 			return st, ctx.Err()
@@ -163,14 +192,16 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	}
 	for _, rec := range recs {
 		if uncheckable[rec.ID] {
-			continue // held, not served, checked again by the next pass
+			continue // kept, not served, checked again by the next pass
 		}
 		switch {
-		case rec.Destroyed && m.has(rec.ID):
+		case rec.Destroyed && listed[rec.ID]:
 			if err := destroy(rec.ID); err != nil {
 				return st, err
 			}
 		case !rec.Destroyed && !m.has(rec.ID):
+			// Missing, or held but not the catalog's key: copyKey replaces
+			// such a copy once it has a source.
 			if err := c.copyKey(ctx, rec, m); err != nil {
 				st.Failed++
 				copyErrs = append(copyErrs, fmt.Errorf("%s: %w", rec.ID, err))
@@ -284,8 +315,8 @@ func (c *Cluster) Coverage(ctx context.Context) (Coverage, error) {
 	}
 	for _, m := range c.members {
 		m.mu.RLock()
-		for id := range m.holds {
-			if !reserved(id) && !known[id] {
+		for id := range m.orphans {
+			if !known[id] {
 				cv.Orphans[m.name] = append(cv.Orphans[m.name], id)
 			}
 		}
