@@ -122,10 +122,15 @@
 // and a member serves a key it held from before (after a restart, or
 // copied by another process sharing the catalog) only once its copy's
 // check value matches: re-sync checks every key, anti-entropy the ones
-// this process has not seen there yet. A copy that does not match is
-// destroyed and copied afresh (metric leftovers_replaced_total). Records
-// made before check values, and tokens that cannot compute one, are
-// taken at their word. Coverage reports which members hold each
+// this process has not seen there yet. A copy that does not match is not
+// served, and is destroyed only when a copy of the real key is at hand to
+// replace it (metric leftovers_replaced_total), so that a record no copy
+// matches costs no key. Keys a member holds that the catalog does not
+// list (left by failed creations, or being created by another process)
+// are never served; Coverage reports them. A suspect that the catalog
+// lists as live (committed since, by another process sharing the catalog,
+// say) is checked, not destroyed. Records made before check values, and
+// tokens that cannot compute one, are taken at their word. Coverage reports which members hold each
 // key, and keys members hold that the catalog does not list.
 //
 // # Membership
