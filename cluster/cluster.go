@@ -81,7 +81,7 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 		m := &member{
 			name: mc.Name, idx: i, cfg: mc, weight: w, opts: o.tokOpts[mc.Name],
 			state: Down, reason: "not opened",
-			holds: map[hsm.KeyID]bool{}, suspect: map[hsm.KeyID]bool{}, verified: map[hsm.KeyID]bool{},
+			holds: map[hsm.KeyID]bool{}, suspect: map[hsm.KeyID]suspectMark{}, verified: map[hsm.KeyID]bool{},
 		}
 		m.br.Store(c.newBreaker(m))
 		c.members = append(c.members, m)
@@ -346,7 +346,10 @@ func (c *Cluster) recover(ctx context.Context, m *member, force bool) {
 // exchange that a Join run meanwhile could not do with it: with AutoJoin
 // it runs the exchange, without it says what is missing. Members that do
 // not hold each other's KEK cannot copy keys between them, and cannot
-// take part in one creation without a third member as its origin.
+// take part in one creation without a third member as its origin. It runs
+// after each recovery and, for what those could not finish, after each
+// anti-entropy pass. The ceremony logs in as SO on the members involved,
+// which pauses their traffic for its length, as Join does.
 func (c *Cluster) completeExchange(ctx context.Context, m *member) {
 	_, _, own := m.snapshot()
 	var missing []string
@@ -367,7 +370,8 @@ func (c *Cluster) completeExchange(ctx context.Context, m *member) {
 		return
 	}
 	if !c.ceremonyMu.TryLock() {
-		return // a ceremony is running; the next recovery or Join does it
+		c.log.Info("cluster: a ceremony is running; the key-encryption key exchange waits for the next anti-entropy pass", "member", m.name, "with", missing)
+		return
 	}
 	defer c.ceremonyMu.Unlock()
 	c.log.Info("cluster: exchanging key-encryption keys with members a Join could not reach (AutoJoin)", "member", m.name, "with", missing)

@@ -95,9 +95,13 @@
 // several times). Missing the quorum destroys every copy made and returns
 // an error wrapping ErrQuorum and each member's error. A copy that cannot
 // be destroyed at that moment (its member just failed), or that a call
-// its caller gave up on may still make, is remembered, and destroyed
-// before the ID is tried again and by the member's re-sync; until then
-// the cluster does not route the key to that member.
+// its caller gave up on may still make, is remembered (a suspect), and
+// destroyed before the ID is tried again, and by the member's re-sync
+// once ten minutes have passed and the catalog still does not list the
+// ID: until then it may be another process's creation, its catalog write
+// still to come. A member that answered that the ID was taken is a
+// suspect too, destroyed before a retry only after those ten minutes.
+// The cluster never routes a suspect's key to its member.
 //
 // # Catalog, re-sync and anti-entropy
 //

@@ -924,7 +924,7 @@ func TestAbandonedCreationIsCleared(t *testing.T) {
 		// suspect so that the next creation destroys it first.
 		m := e.c.members[i]
 		m.mu.RLock()
-		suspect := m.suspect["abandoned"]
+		_, suspect := m.suspect["abandoned"]
 		m.mu.RUnlock()
 		if got := e.tokenKeys(i); len(got) != 0 && !suspect {
 			t.Fatalf("member %d keeps %v after the rollback, unmarked", i, got)

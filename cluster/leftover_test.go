@@ -210,7 +210,7 @@ func TestLeftoverReplacedAfterRestart(t *testing.T) {
 	replaced := testutilCount(e.c.metrics.leftovers)
 	c := e.restartWithDown(-1)
 	if got := testutilCount(c.metrics.leftovers) - replaced; got != 1 {
-		t.Errorf("%v copies replaced, want 1 (m2's leftover, and no good copy)", got)
+		t.Fatalf("%v copies replaced, want 1 (m2's leftover, and no good copy); members %+v", got, c.Members())
 	}
 	sameMaterial(t, c, "k/v2", 2, 0)
 	for _, i := range []int{0, 1, 2} {
@@ -366,6 +366,145 @@ func TestUnmatchedCheckValueDestroysNothing(t *testing.T) {
 	}
 	if testutilCount(c.metrics.leftovers) != 0 {
 		t.Error("a copy was counted as replaced")
+	}
+}
+
+// blockingCatalog holds, once armed, the next List after it has read
+// the records, or the next Create before it writes, as a slow shared
+// database would: entered is closed when it holds, release lets it go.
+type blockingCatalog struct {
+	Catalog
+	list, create     atomic.Bool
+	entered, release chan struct{}
+}
+
+func newBlockingCatalog(c Catalog) *blockingCatalog {
+	return &blockingCatalog{Catalog: c, entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (b *blockingCatalog) List(ctx context.Context) ([]KeyRecord, error) {
+	recs, err := b.Catalog.List(ctx)
+	if b.list.CompareAndSwap(true, false) {
+		close(b.entered)
+		<-b.release
+	}
+	return recs, err
+}
+
+func (b *blockingCatalog) Create(ctx context.Context, rec KeyRecord) (KeyRecord, error) {
+	if b.create.CompareAndSwap(true, false) {
+		close(b.entered)
+		<-b.release
+	}
+	return b.Catalog.Create(ctx, rec)
+}
+
+// TestCreationDuringAPassStaysServed: a key is created while an
+// anti-entropy pass has read the catalog and not yet published what the
+// member holds. The member still serves the key after the pass: with the
+// other member down, calls on it succeed.
+func TestCreationDuringAPassStaysServed(t *testing.T) {
+	e := newEnv(t, 2, nil)
+	ctx := context.Background()
+	bc := newBlockingCatalog(e.c.catalog)
+	c := e.replica(bc)
+	bc.list.Store(true)
+	done := make(chan error, 1)
+	go func() { _, err := c.AntiEntropy(ctx); done <- err }()
+	<-bc.entered
+	if _, err := c.GenerateKey(ctx, "new", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	close(bc.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sh.Members[1].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.EncryptGCM(ctx, "new", nil, []byte("x"), nil); err != nil {
+		t.Fatalf("m0 no longer serves a key created during its pass: %v", err)
+	}
+}
+
+// TestSuspectOfAnotherProcessIsKept: replica A's creation of k/v2 failed
+// midway on every member, which marks them suspect. Replica B then
+// creates k/v2; while B's catalog write is still to come, A's
+// anti-entropy pass runs: it keeps B's copies (the catalog does not list
+// the ID, but the marks are younger than leftoverGrace), and B's key
+// works. An ID the catalog still does not know after leftoverGrace is
+// destroyed.
+func TestSuspectOfAnotherProcessIsKept(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	a := e.c
+	for _, m := range a.members {
+		a.markSuspect(m, "k/v2", context.DeadlineExceeded)
+		a.markSuspect(m, "left", context.DeadlineExceeded)
+		if _, err := m.token().GenerateKey(ctx, "left", hsm.AES256, hsm.KeyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bc := newBlockingCatalog(a.catalog)
+	b := e.replica(bc)
+	bc.create.Store(true)
+	created := make(chan error, 1)
+	go func() { _, err := b.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); created <- err }()
+	<-bc.entered
+	if _, err := a.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(bc.release)
+	if err := <-created; err != nil {
+		t.Fatalf("B's creation: %v", err)
+	}
+	if _, _, err := b.EncryptGCM(ctx, "k/v2", nil, []byte("x"), nil); err != nil {
+		t.Fatalf("B's committed key is gone: %v", err)
+	}
+	e.clock.Advance(leftoverGrace)
+	if _, err := a.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := e.tokenKeys(i); !slices.Equal(got, []string{"k/v2"}) {
+			t.Errorf("m%d holds %v, want k/v2 kept and the leftover gone", i, got)
+		}
+		if !a.members[i].has("k/v2") {
+			t.Errorf("A does not serve k/v2 on m%d", i)
+		}
+	}
+}
+
+// TestExchangeFinishedByAntiEntropy: as TestAwayMemberCompletesTheExchange,
+// but another ceremony runs while m0 recovers, so its exchange waits; the
+// next anti-entropy pass finishes it.
+func TestExchangeFinishedByAntiEntropy(t *testing.T) {
+	e := newEnv(t, 3, func(c *Config) { c.AutoJoin = true })
+	ctx := context.Background()
+	c := e.restartWithDown(0)
+	if err := e.sh.Members[2].Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CheckHealth(ctx)
+	if err := c.Join(ctx, "m2"); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if err := e.sh.Members[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	c.ceremonyMu.Lock() // another ceremony
+	_ = c.CheckHealth(ctx)
+	c.ceremonyMu.Unlock()
+	_, _, kek0 := c.members[0].snapshot()
+	_, _, kek2 := c.members[2].snapshot()
+	if kek0 == "" || c.members[0].has(kek2) {
+		t.Fatal("m0 is not back, or exchanged during another ceremony")
+	}
+	if _, err := c.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !c.members[0].has(kek2) || !c.members[2].has(kek0) {
+		t.Fatal("m0 and m2 do not hold each other's key-encryption keys after the pass")
 	}
 }
 

@@ -87,7 +87,7 @@ type member struct {
 	kek     hsm.KeyID // its own, trusted, key-encryption key; "" when it has none
 	serial  string    // token serial when last synced
 	holds   map[hsm.KeyID]bool
-	suspect map[hsm.KeyID]bool // IDs whose creation here may have half-happened
+	suspect map[hsm.KeyID]suspectMark // IDs whose creation here failed midway or found the ID taken
 	// verified: keys in holds whose copy here this process made, or found
 	// to match the catalog's check value.
 	verified map[hsm.KeyID]bool
@@ -161,12 +161,32 @@ func (m *member) hold(id hsm.KeyID) {
 	m.holds[id], m.verified[id] = true, true
 }
 
+// suspectMark says since when m's object under an ID is a suspect, and
+// whether the creation that marked it found the ID taken (foreign: the
+// object was there before, so it is not this process's).
+type suspectMark struct {
+	since   time.Time
+	foreign bool
+}
+
+// leftoverGrace is how long a suspect the catalog does not list is kept
+// before a re-sync destroys it: another process sharing the members and
+// the catalog may be creating the same ID, its copies made and its
+// catalog write still to come. No creation takes that long.
+const leftoverGrace = 10 * time.Minute
+
 // addSuspect marks what m holds under id, if anything, as left by a
-// failed creation: it is not routed to, and is destroyed before any copy.
-func (m *member) addSuspect(id hsm.KeyID) {
+// failed creation: it is not routed to, and is destroyed before any copy
+// (see sync and clearSuspects for when). A mark keeps its first time, and
+// stays foreign only while every creation that marked it found the ID
+// taken.
+func (m *member) addSuspect(id hsm.KeyID, mark suspectMark) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.suspect[id] = true
+	if old, ok := m.suspect[id]; ok {
+		mark.since, mark.foreign = old.since, old.foreign && mark.foreign
+	}
+	m.suspect[id] = mark
 	delete(m.holds, id)
 	delete(m.verified, id)
 }

@@ -164,13 +164,13 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 		}
 		if !retryable(err) {
 			if mayHaveMade(err) {
-				m.addSuspect(id) // abandoned: the call may still make the key
+				c.markSuspect(m, id, err) // abandoned: the call may still make the key
 			}
 			return hsm.KeyInfo{}, err
 		}
 		// The call may have created the key before failing: remember it,
 		// so that a re-sync destroys whatever is there.
-		m.addSuspect(id)
+		c.markSuspect(m, id, err)
 		attempts = append(attempts, &MemberError{m.name, err})
 		if ctx.Err() != nil {
 			break
@@ -194,7 +194,7 @@ func (c *Cluster) create(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 			// The catalog does not know id, so what is there, or may
 			// appear there, is left from a failed creation: destroyed
 			// before any retry, and by the member's re-sync.
-			c.byName[e.Member].addSuspect(id)
+			c.markSuspect(c.byName[e.Member], id, e.Err)
 		}
 	}
 	attempts = append(attempts, errs...)
@@ -248,7 +248,7 @@ func (c *Cluster) generateEverywhere(ctx context.Context, id hsm.KeyID, spec hsm
 						// the member failed or by an abandoned call: destroyed
 						// before any retry, and by the member's re-sync if the
 						// key is not recorded.
-						m.addSuspect(id)
+						c.markSuspect(m, id, err)
 					}
 					return
 				}
@@ -310,14 +310,23 @@ func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*membe
 	return nil
 }
 
+// markSuspect marks m's object under id as left by a creation that
+// failed with err there.
+func (c *Cluster) markSuspect(m *member, id hsm.KeyID, err error) {
+	m.addSuspect(id, suspectMark{since: c.clock.Now(), foreign: errors.Is(err, hsm.ErrKeyExists)})
+}
+
 // clearSuspects destroys what failed creations of id may have left on
-// targets, so that a retry with the same ID can succeed.
+// targets, so that a retry with the same ID can succeed. A foreign
+// suspect (the ID was taken when this process tried it) may be another
+// process's creation in progress: it is destroyed only after
+// leftoverGrace, and until then the retry fails on that member.
 func (c *Cluster) clearSuspects(ctx context.Context, id hsm.KeyID, targets []*member) {
 	for _, m := range targets {
 		m.mu.RLock()
-		suspect := m.suspect[id]
+		mark, suspect := m.suspect[id]
 		m.mu.RUnlock()
-		if !suspect {
+		if !suspect || (mark.foreign && c.clock.Now().Sub(mark.since) < leftoverGrace) {
 			continue
 		}
 		_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
@@ -344,7 +353,7 @@ func (c *Cluster) rollback(ctx context.Context, id hsm.KeyID, holders []*member)
 				return struct{}{}, t.DestroyKey(ctx, id)
 			})
 			if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-				m.addSuspect(id)
+				c.markSuspect(m, id, err)
 				c.log.Warn("cluster: rollback left a copy; the member's re-sync destroys it", "member", m.name, "key", id, "err", err)
 			}
 			m.setHolds(id, false)

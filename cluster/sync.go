@@ -97,18 +97,25 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	}
 	for id := range listed {
 		rec, isLive := live[id]
+		_, isSuspect := m.suspect[id]
 		switch {
 		case reserved(id):
 			holds[id] = true
-		case m.suspect[id]:
-		case !isLive:
-			if !known[id] {
-				orphans[id] = true
-			}
+		case !isLive && !known[id]:
+			orphans[id] = true
+		case isSuspect || !isLive:
 		case m.verified[id] || len(rec.Check) == 0:
 			holds[id] = true
 		default:
 			unchecked = append(unchecked, rec)
+		}
+	}
+	// A key committed with m among its holders since the catalog was read
+	// is held too (its copy may be too new for the listing). For the keys
+	// the catalog listed, the listing is the truth.
+	for id := range m.verified {
+		if _, isSuspect := m.suspect[id]; !isSuspect && !known[id] {
+			holds[id] = true
 		}
 	}
 	for id := range m.verified {
@@ -138,15 +145,17 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		}
 		return err
 	}
-	// Leftovers of failed creations go first: a key the catalog lists is
-	// then copied afresh from a member that holds the real one. A suspect
-	// the catalog now lists as live was committed since, by this process
+	// Leftovers of failed creations go first, once leftoverGrace has
+	// passed since they were marked and if the catalog still does not know
+	// them (a tombstoned one goes at once): a key the catalog lists is then
+	// copied afresh from a member that holds the real one. A suspect the
+	// catalog now lists as live was committed since, by this process
 	// without m or by another one sharing the catalog: it is checked like
 	// any other copy, never destroyed unseen.
 	for _, id := range suspects {
 		unlock := c.lockKey(id)
 		m.mu.RLock()
-		still := m.suspect[id]
+		mark, still := m.suspect[id]
 		m.mu.RUnlock()
 		if !still {
 			// A creation of id ran since the list was taken: it cleared
@@ -163,6 +172,11 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		case err != nil && !errors.Is(err, hsm.ErrKeyNotFound):
 			unlock()
 			continue // the next pass decides
+		case errors.Is(err, hsm.ErrKeyNotFound) && listed[id] && c.clock.Now().Sub(mark.since) < leftoverGrace:
+			// Perhaps another process's creation, its catalog write still
+			// to come: kept, never served, until leftoverGrace has passed.
+			unlock()
+			continue
 		case listed[id]:
 			if err := destroy(id); err != nil {
 				unlock()
@@ -252,7 +266,11 @@ func (c *Cluster) antiEntropy(ctx context.Context) (map[string]RepairStats, erro
 			if retryable(err) {
 				c.memberFault(m, err)
 			}
+			continue
 		}
+		// An exchange of KEKs that a recovery could not finish (another
+		// ceremony ran, or the other member was re-syncing) is retried.
+		c.completeExchange(ctx, m)
 	}
 	return out, joinErrs(errs)
 }
