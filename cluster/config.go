@@ -93,7 +93,8 @@ type Config struct {
 	// when a probe finds a member without a key-encryption key, e.g. after
 	// the HSM was replaced, and finish the exchange of key-encryption keys
 	// with a member that was away while another joined. Off by default:
-	// the ceremony marks keys trusted with SO logins.
+	// the ceremony marks keys trusted with SO logins, which pause the
+	// members' traffic while it runs.
 	AutoJoin bool
 }
 
