@@ -33,14 +33,7 @@ func TestProbesAndRepairsRunTogether(t *testing.T) {
 func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
 	e := newEnv(t, 3, nil)
 	ctx := context.Background()
-	c := e.restartWithDown(0)
-	if err := e.sh.Members[2].Wipe(); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CheckHealth(ctx)
-	if err := c.Join(ctx, "m2"); err != nil {
-		t.Fatalf("Join: %v", err)
-	}
+	c := e.joinWhileAway()
 	if err := e.sh.Members[0].Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -64,14 +57,7 @@ func TestCreationAfterJoinWithAMemberAway(t *testing.T) {
 func TestAwayMemberCompletesTheExchange(t *testing.T) {
 	e := newEnv(t, 3, func(c *Config) { c.AutoJoin = true })
 	ctx := context.Background()
-	c := e.restartWithDown(0)
-	if err := e.sh.Members[2].Wipe(); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CheckHealth(ctx)
-	if err := c.Join(ctx, "m2"); err != nil {
-		t.Fatalf("Join: %v", err)
-	}
+	c := e.joinWhileAway()
 	_, _, kek0 := c.members[0].snapshot()
 	_, _, kek2 := c.members[2].snapshot()
 	if kek0 != "" || c.members[2].has(kek0) {
@@ -481,14 +467,7 @@ func TestSuspectOfAnotherProcessIsKept(t *testing.T) {
 func TestExchangeFinishedByAntiEntropy(t *testing.T) {
 	e := newEnv(t, 3, func(c *Config) { c.AutoJoin = true })
 	ctx := context.Background()
-	c := e.restartWithDown(0)
-	if err := e.sh.Members[2].Wipe(); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CheckHealth(ctx)
-	if err := c.Join(ctx, "m2"); err != nil {
-		t.Fatalf("Join: %v", err)
-	}
+	c := e.joinWhileAway()
 	if err := e.sh.Members[0].Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -506,6 +485,22 @@ func TestExchangeFinishedByAntiEntropy(t *testing.T) {
 	if !c.members[0].has(kek2) || !c.members[2].has(kek0) {
 		t.Fatal("m0 and m2 do not hold each other's key-encryption keys after the pass")
 	}
+}
+
+// joinWhileAway restarts the cluster with m0 down, replaces m2's HSM by
+// a fresh one and joins it: m0 and m2 never exchange key-encryption
+// keys. m0 is left down.
+func (e *env) joinWhileAway() *Cluster {
+	e.t.Helper()
+	c := e.restartWithDown(0)
+	if err := e.sh.Members[2].Wipe(); err != nil {
+		e.t.Fatal(err)
+	}
+	_ = c.CheckHealth(context.Background())
+	if err := c.Join(context.Background(), "m2"); err != nil {
+		e.t.Fatalf("Join: %v", err)
+	}
+	return c
 }
 
 // restartWithDown closes the cluster under test, crashes member down
