@@ -32,6 +32,7 @@ const (
 	OpImportKey       Op = "import-public-key"
 	OpMarkTrusted     Op = "mark-trusted"
 	OpGenerateWrapped Op = "generate-wrapped"
+	OpInitToken       Op = "init-token" // InitToken, which has no Token
 )
 
 // An Interceptor wraps every unit of PKCS#11 work a Token does: opening a
