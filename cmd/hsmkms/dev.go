@@ -12,9 +12,7 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/hsmkms/hsmkms/cluster"
@@ -82,7 +80,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer unlock()
-	st, lib, fresh, err := provisionDev(*dir)
+	st, lib, fresh, err := provisionDev(ctx, *dir)
 	if err != nil {
 		return err
 	}
@@ -141,8 +139,10 @@ func devLabel(i int) string { return fmt.Sprintf("hsmkms-dev-%d", i) }
 
 // provisionDev makes sure dir holds a SoftHSM2 configuration with the dev
 // tokens and the state file, creating them on first run, and points
-// SOFTHSM2_CONF at that configuration for this process.
-func provisionDev(dir string) (st devState, lib string, fresh bool, err error) {
+// SOFTHSM2_CONF at that configuration for this process. The tokens are
+// initialized through PKCS#11 (hsm.InitToken), so that their PINs never
+// appear on a command line.
+func provisionDev(ctx context.Context, dir string) (st devState, lib string, fresh bool, err error) {
 	if lib, err = softhsmlib.Path(); err != nil {
 		return st, "", false, err
 	}
@@ -168,10 +168,6 @@ func provisionDev(dir string) (st devState, lib string, fresh bool, err error) {
 	case !errors.Is(err, os.ErrNotExist):
 		return st, "", false, err
 	}
-	util, err := exec.LookPath("softhsm2-util")
-	if err != nil {
-		return st, "", false, fmt.Errorf("softhsm2-util is not on PATH: %w (install SoftHSM2: sudo apt-get install -y softhsm2)", err)
-	}
 	if err := os.MkdirAll(tokens, 0o700); err != nil {
 		return st, "", false, err
 	}
@@ -182,11 +178,8 @@ func provisionDev(dir string) (st devState, lib string, fresh bool, err error) {
 	st = devState{UserPIN: randomString(16, digitsLetters), SOPIN: randomString(16, digitsLetters),
 		AccessKeyID: "AKIA" + randomString(16, upperDigits), SecretAccessKey: randomString(40, digitsLetters)}
 	for i := range devMembers {
-		cmd := exec.Command(util, "--init-token", "--free", "--label", devLabel(i), "--pin", st.UserPIN, "--so-pin", st.SOPIN)
-		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			// The output names the slot, never the PINs.
-			return st, "", false, fmt.Errorf("softhsm2-util --init-token %s: %w: %s", devLabel(i), err, strings.TrimSpace(string(out)))
+		if err := hsm.InitToken(ctx, lib, devLabel(i), hsm.NewPIN(st.SOPIN), hsm.NewPIN(st.UserPIN)); err != nil {
+			return st, "", false, err
 		}
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
