@@ -23,7 +23,9 @@
 //	defer tok.Close()
 //
 // A module path is loaded and initialized once per process and reference
-// counted; the last Token of a module finalizes it.
+// counted; the last Token of a module finalizes it. InitToken initializes
+// a new token (SoftHSM2's free slot, say) and sets its PINs through
+// PKCS#11, so that no PIN goes on a command line.
 //
 // # Keys
 //
