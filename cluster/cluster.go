@@ -354,9 +354,9 @@ func (c *Cluster) completeExchange(ctx context.Context, m *member) {
 	_, _, own := m.snapshot()
 	var missing []string
 	for _, x := range c.members {
-		_, xt, xkek := x.snapshot()
-		if x == m || xt == nil || xkek == "" || x.isRemoved() {
-			continue
+		xs, xt, xkek := x.snapshot()
+		if x == m || xt == nil || xkek == "" || x.isRemoved() || (xs != Healthy && xs != Degraded) {
+			continue // a member that is away runs the exchange when it is back
 		}
 		if !m.has(xkek) || !x.has(own) {
 			missing = append(missing, x.name)

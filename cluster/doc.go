@@ -97,11 +97,12 @@
 // be destroyed at that moment (its member just failed), or that a call
 // its caller gave up on may still make, is remembered (a suspect), and
 // destroyed before the ID is tried again, and by the member's re-sync
-// once ten minutes have passed and the catalog still does not list the
-// ID: until then it may be another process's creation, its catalog write
-// still to come. A member that answered that the ID was taken is a
-// suspect too, destroyed before a retry only after those ten minutes.
-// The cluster never routes a suspect's key to its member.
+// once this process's listings have shown it for two minutes and the
+// catalog still does not list the ID: until then it may be another
+// process's creation, its catalog write still to come. A member that
+// answered that the ID was taken is a suspect too, destroyed before a
+// retry only after those two minutes. The cluster never routes a
+// suspect's key to its member.
 //
 // # Catalog, re-sync and anti-entropy
 //
@@ -112,8 +113,11 @@
 // first, then destroys the key on every reachable member. Re-sync, which
 // runs before a returning or replaced member serves, lists the member's
 // keys (the only listing the cluster does; creating a key searches each
-// member for its ID once), destroys the tombstoned ones and the leftovers
-// of failed creations, and copies the missing ones from a healthy member.
+// member for its ID once), destroys the tombstoned ones and the suspects
+// (above), and copies the missing ones from a healthy member. Other keys
+// the catalog does not list are left alone, and reported by Coverage: a
+// creation cut off in an earlier process leaves such keys, and they are
+// destroyed when this process tries their ID again, as suspects.
 // AntiEntropy does the same for healthy members, each
 // Config.AntiEntropyInterval.
 //
@@ -134,8 +138,9 @@
 // are never served; Coverage reports them. A suspect that the catalog
 // lists as live (committed since, by another process sharing the catalog,
 // say) is checked, not destroyed. Records made before check values, and
-// tokens that cannot compute one, are taken at their word. Coverage reports which members hold each
-// key, and keys members hold that the catalog does not list.
+// tokens that cannot compute one, are taken at their word. Coverage
+// reports which members hold each key, and keys members hold that the
+// catalog does not list.
 //
 // # Membership
 //

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -356,12 +358,13 @@ func TestUnmatchedCheckValueDestroysNothing(t *testing.T) {
 }
 
 // blockingCatalog holds, once armed, the next List after it has read
-// the records, or the next Create before it writes, as a slow shared
-// database would: entered is closed when it holds, release lets it go.
+// the records (list) or before (listBefore), or the next Create before it
+// writes, as a slow shared database would: entered is closed when it
+// holds, release lets it go.
 type blockingCatalog struct {
 	Catalog
-	list, create     atomic.Bool
-	entered, release chan struct{}
+	list, listBefore, create atomic.Bool
+	entered, release         chan struct{}
 }
 
 func newBlockingCatalog(c Catalog) *blockingCatalog {
@@ -369,6 +372,10 @@ func newBlockingCatalog(c Catalog) *blockingCatalog {
 }
 
 func (b *blockingCatalog) List(ctx context.Context) ([]KeyRecord, error) {
+	if b.listBefore.CompareAndSwap(true, false) {
+		close(b.entered)
+		<-b.release
+	}
 	recs, err := b.Catalog.List(ctx)
 	if b.list.CompareAndSwap(true, false) {
 		close(b.entered)
@@ -484,6 +491,95 @@ func TestExchangeFinishedByAntiEntropy(t *testing.T) {
 	}
 	if !c.members[0].has(kek2) || !c.members[2].has(kek0) {
 		t.Fatal("m0 and m2 do not hold each other's key-encryption keys after the pass")
+	}
+}
+
+// TestCommitBetweenListingAndCatalogRead: a key is created after a pass
+// of m0 listed its token and before it read the catalog, and m1 then goes
+// down. m0 serves the key after the pass.
+func TestCommitBetweenListingAndCatalogRead(t *testing.T) {
+	e := newEnv(t, 2, nil)
+	ctx := context.Background()
+	bc := newBlockingCatalog(e.c.catalog)
+	c := e.replica(bc)
+	bc.listBefore.Store(true)
+	done := make(chan error, 1)
+	go func() { _, err := c.repair(ctx, c.members[0]); done <- err }()
+	<-bc.entered
+	if _, err := c.GenerateKey(ctx, "new", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sh.Members[1].Crash(); err != nil {
+		t.Fatal(err)
+	}
+	c.setState(c.members[1], Down, "test: crashed", nil)
+	close(bc.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.EncryptGCM(ctx, "new", nil, []byte("x"), nil); err != nil {
+		t.Fatalf("m0 does not serve a key committed during its pass: %v", err)
+	}
+}
+
+// TestOldMarkKeepsAnotherProcessCreation: replica A's marks on k/v3 are
+// older than leftoverGrace when replica B creates k/v3 (no pass of A's
+// ran meanwhile). A's pass, which runs while B's catalog write is still
+// to come, sees B's copies for the first time and keeps them; B's key
+// works.
+func TestOldMarkKeepsAnotherProcessCreation(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	a := e.c
+	for _, m := range a.members {
+		a.markSuspect(m, "k/v3", context.DeadlineExceeded)
+	}
+	e.clock.Advance(leftoverGrace) // no pass ran meanwhile (A's members were away, say)
+	bc := newBlockingCatalog(a.catalog)
+	b := e.replica(bc)
+	bc.create.Store(true)
+	created := make(chan error, 1)
+	go func() { _, err := b.GenerateKey(ctx, "k/v3", hsm.AES256, hsm.KeyOptions{}); created <- err }()
+	<-bc.entered
+	if _, err := a.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(bc.release)
+	if err := <-created; err != nil {
+		t.Fatalf("B's creation: %v", err)
+	}
+	if _, _, err := b.EncryptGCM(ctx, "k/v3", nil, []byte("x"), nil); err != nil {
+		t.Fatalf("B's committed key has no material: %v", err)
+	}
+}
+
+// TestLeftoverClearedAfterGrace: m2 holds a leftover under an ID
+// (default quorum: every member). A creation of the ID fails, and so does
+// an immediate retry, since the leftover may be another process's
+// creation in progress; once listings have shown it for leftoverGrace,
+// the retry destroys it and succeeds, and all three members hold the new
+// key.
+func TestLeftoverClearedAfterGrace(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	e.plantLeftover(2, "integrity")
+	for range 2 {
+		if _, err := e.c.GenerateKey(ctx, "integrity", hsm.HMAC256, hsm.KeyOptions{}); !errors.Is(err, hsm.ErrKeyExists) {
+			t.Fatalf("creation over a young leftover: %v, want ErrKeyExists", err)
+		}
+	}
+	e.clock.Advance(leftoverGrace)
+	if _, err := e.c.GenerateKey(ctx, "integrity", hsm.HMAC256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("creation once the leftover is old: %v", err)
+	}
+	for i := range 3 {
+		mac, err := e.c.members[i].token().MAC(ctx, "integrity", crypto.SHA256, []byte("m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.members[0].token().VerifyMAC(ctx, "integrity", crypto.SHA256, []byte("m"), mac); err != nil {
+			t.Fatalf("m%d holds other material: %v", i, err)
+		}
 	}
 }
 

@@ -95,6 +95,8 @@ type member struct {
 	// (left by failed creations, or being made by another process); never
 	// served, reported by Coverage.
 	orphans map[hsm.KeyID]bool
+	// seen: when this process's listings first showed each of orphans.
+	seen    map[hsm.KeyID]time.Time
 	removed bool
 	// notJoined: the token holds no KEK of its own; the member waits for
 	// Bootstrap or Join.
@@ -161,34 +163,44 @@ func (m *member) hold(id hsm.KeyID) {
 	m.holds[id], m.verified[id] = true, true
 }
 
-// suspectMark says since when m's object under an ID is a suspect, and
-// whether the creation that marked it found the ID taken (foreign: the
-// object was there before, so it is not this process's).
+// suspectMark says whether the creation that marked m's object under an
+// ID as a suspect found the ID taken (foreign: the object was there
+// before, so it is not this process's).
 type suspectMark struct {
-	since   time.Time
 	foreign bool
 }
 
-// leftoverGrace is how long a suspect the catalog does not list is kept
-// before a re-sync destroys it: another process sharing the members and
-// the catalog may be creating the same ID, its copies made and its
-// catalog write still to come. No creation takes that long.
-const leftoverGrace = 10 * time.Minute
+// leftoverGrace is how long an object under an ID the catalog does not
+// list must have been seen on a member before it is destroyed as a
+// leftover: another process sharing the members and the catalog may be
+// creating the same ID, its copies made and its catalog write still to
+// come. A creation's calls are bounded by their CallTimeout; none takes
+// this long.
+const leftoverGrace = 2 * time.Minute
 
 // addSuspect marks what m holds under id, if anything, as left by a
 // failed creation: it is not routed to, and is destroyed before any copy
-// (see sync and clearSuspects for when). A mark keeps its first time, and
-// stays foreign only while every creation that marked it found the ID
-// taken.
+// (see sync and clearSuspects for when). A mark stays foreign only while
+// every creation that marked it found the ID taken.
 func (m *member) addSuspect(id hsm.KeyID, mark suspectMark) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.suspect[id]; ok {
-		mark.since, mark.foreign = old.since, old.foreign && mark.foreign
+		mark.foreign = old.foreign && mark.foreign
 	}
 	m.suspect[id] = mark
 	delete(m.holds, id)
 	delete(m.verified, id)
+}
+
+// leftoverAged reports whether m's object under id, which the catalog
+// does not list, has been seen in m's listings for leftoverGrace: the
+// time counts from the first listing of this process that showed it.
+func (m *member) leftoverAged(id hsm.KeyID, now time.Time) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	first, ok := m.seen[id]
+	return ok && now.Sub(first) >= leftoverGrace
 }
 
 // observeLatency folds d into the member's moving average, kept in the

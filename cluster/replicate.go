@@ -274,8 +274,19 @@ func mayHaveMade(err error) bool {
 func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.KeySpec, info hsm.KeyInfo, q int,
 	holders []*member, attempts []*MemberError, targets []*member) (hsm.KeyInfo, error) {
 	var err error
+	var check []byte
+	var gone bool
 	if len(holders) > 0 && copies(holders) >= q {
-		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: c.checkValue(ctx, id, holders)}
+		check, gone = c.checkValue(ctx, id, holders)
+		if gone {
+			// Every holder has lost its copy already (another process took
+			// it for a leftover): recording the key would record nothing.
+			err = fmt.Errorf("%w: every copy of the new key is gone", hsm.ErrKeyNotFound)
+			attempts = append(attempts, &MemberError{"check-value", err})
+		}
+	}
+	if len(holders) > 0 && copies(holders) >= q && !gone {
+		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: check}
 		if _, err = c.catalog.Create(ctx, rec); err == nil {
 			for _, m := range holders {
 				m.hold(id)
@@ -294,39 +305,45 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 
 // checkValue reads the check value of new key id from the first of
 // holders that gives it; nil if none does (the key is then recorded
-// without one, and copies of it are taken up unchecked).
-func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*member) []byte {
+// without one, and copies of it are taken up unchecked). gone reports
+// that every holder answered that it has no such key.
+func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*member) (v []byte, gone bool) {
+	missing := 0
 	for _, m := range holders {
 		v, err := attempt(c, ctx, m, "check-value", func(ctx context.Context, t *hsm.Token) ([]byte, error) {
 			return t.CheckValue(ctx, id)
 		})
 		if err == nil {
-			return v
+			return v, false
+		}
+		if errors.Is(err, hsm.ErrKeyNotFound) {
+			missing++
 		}
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil
+	return nil, missing == len(holders)
 }
 
 // markSuspect marks m's object under id as left by a creation that
 // failed with err there.
 func (c *Cluster) markSuspect(m *member, id hsm.KeyID, err error) {
-	m.addSuspect(id, suspectMark{since: c.clock.Now(), foreign: errors.Is(err, hsm.ErrKeyExists)})
+	m.addSuspect(id, suspectMark{foreign: errors.Is(err, hsm.ErrKeyExists)})
 }
 
 // clearSuspects destroys what failed creations of id may have left on
 // targets, so that a retry with the same ID can succeed. A foreign
 // suspect (the ID was taken when this process tried it) may be another
-// process's creation in progress: it is destroyed only after
-// leftoverGrace, and until then the retry fails on that member.
+// process's creation in progress: it is destroyed only once listings have
+// shown it for leftoverGrace, and until then the retry fails on that
+// member.
 func (c *Cluster) clearSuspects(ctx context.Context, id hsm.KeyID, targets []*member) {
 	for _, m := range targets {
 		m.mu.RLock()
 		mark, suspect := m.suspect[id]
 		m.mu.RUnlock()
-		if !suspect || (mark.foreign && c.clock.Now().Sub(mark.since) < leftoverGrace) {
+		if !suspect || (mark.foreign && !m.leftoverAged(id, c.clock.Now())) {
 			continue
 		}
 		_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {

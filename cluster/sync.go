@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
 )
@@ -114,8 +115,15 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	// is held too (its copy may be too new for the listing). For the keys
 	// the catalog listed, the listing is the truth.
 	for id := range m.verified {
-		if _, isSuspect := m.suspect[id]; !isSuspect && !known[id] {
+		_, isSuspect := m.suspect[id]
+		switch {
+		case isSuspect || listed[id]:
+		case !known[id]:
 			holds[id] = true
+		case live[id].ID != "":
+			// Committed here after the listing, before the catalog read:
+			// checked below, which finds it or finds it gone.
+			unchecked = append(unchecked, live[id])
 		}
 	}
 	for id := range m.verified {
@@ -124,6 +132,16 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		}
 	}
 	m.orphans = orphans
+	now := c.clock.Now()
+	seen := make(map[hsm.KeyID]time.Time, len(orphans))
+	for id := range orphans {
+		if first, ok := m.seen[id]; ok {
+			seen[id] = first
+		} else {
+			seen[id] = now
+		}
+	}
+	m.seen = seen
 	if own == "" {
 		m.kek, m.holds = "", holds
 		m.mu.Unlock()
@@ -145,9 +163,9 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		}
 		return err
 	}
-	// Leftovers of failed creations go first, once leftoverGrace has
-	// passed since they were marked and if the catalog still does not know
-	// them (a tombstoned one goes at once): a key the catalog lists is then
+	// Leftovers of failed creations go first, once this process's
+	// listings have shown them for leftoverGrace and if the catalog still
+	// does not know them (a tombstoned one goes at once): a key the catalog lists is then
 	// copied afresh from a member that holds the real one. A suspect the
 	// catalog now lists as live was committed since, by this process
 	// without m or by another one sharing the catalog: it is checked like
@@ -155,7 +173,7 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	for _, id := range suspects {
 		unlock := c.lockKey(id)
 		m.mu.RLock()
-		mark, still := m.suspect[id]
+		_, still := m.suspect[id]
 		m.mu.RUnlock()
 		if !still {
 			// A creation of id ran since the list was taken: it cleared
@@ -172,9 +190,10 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		case err != nil && !errors.Is(err, hsm.ErrKeyNotFound):
 			unlock()
 			continue // the next pass decides
-		case errors.Is(err, hsm.ErrKeyNotFound) && listed[id] && c.clock.Now().Sub(mark.since) < leftoverGrace:
+		case errors.Is(err, hsm.ErrKeyNotFound) && listed[id] && !m.leftoverAged(id, c.clock.Now()):
 			// Perhaps another process's creation, its catalog write still
-			// to come: kept, never served, until leftoverGrace has passed.
+			// to come: kept, never served, until listings have shown it
+			// for leftoverGrace.
 			unlock()
 			continue
 		case listed[id]:
