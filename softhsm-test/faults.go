@@ -112,6 +112,11 @@ func (f *Faults) Intercept(ctx context.Context, op hsm.Op, call func() error) er
 		t := time.NewTimer(d)
 		<-t.C
 	}
+	switch op {
+	case hsm.OpOpen, hsm.OpLogin, hsm.OpMarkTrusted, hsm.OpImportKey:
+		tokenFiles.Lock()
+		defer tokenFiles.Unlock()
+	}
 	return call()
 }
 

@@ -56,6 +56,18 @@ func Require(t testing.TB) string {
 // process. Its mutex also serializes what creates, deletes or scans tokens
 // (softhsm2-util, C_Initialize), so that no instance reads a half-written
 // token.
+// tokenFiles keeps the process's SoftHSM2 instances, which share one
+// token directory, from reading a token's files while another rewrites
+// them: C_Initialize reads every token's token.object, and a login
+// rewrites its own token's (so do softhsm2-util, an SO's work and a new
+// session's first login). A half-written file read at initialization
+// made SoftHSM abort the process (SlotManager::insertToken's assertion)
+// or miss a token. Faults.Intercept holds it around the calls of the
+// operations that can do either (OpOpen, OpLogin, OpMarkTrusted,
+// OpImportKey), after any injected fault, so a hang never holds it.
+// Lock order: shared, then tokenFiles.
+var tokenFiles sync.Mutex
+
 var shared struct {
 	sync.Mutex
 	refs     int
@@ -380,6 +392,8 @@ func (m *Member) deleteToken() error {
 
 // util runs softhsm2-util with the cluster's configuration.
 func (m *Member) util(args ...string) error {
+	tokenFiles.Lock()
+	defer tokenFiles.Unlock()
 	cmd := exec.Command(m.cluster.util, args...)
 	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+m.cluster.conf)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -392,6 +406,8 @@ func (m *Member) util(args ...string) error {
 
 // initialize runs C_Initialize; an instance already initialized is fine.
 func initialize(ctx *pkcs11.Ctx) error {
+	tokenFiles.Lock()
+	defer tokenFiles.Unlock()
 	err := ctx.Initialize()
 	if errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
 		return nil
