@@ -82,6 +82,7 @@ func New(ctx context.Context, cfg Config, opt ...Option) (*Cluster, error) {
 			name: mc.Name, idx: i, cfg: mc, weight: w, opts: o.tokOpts[mc.Name],
 			state: Down, reason: "not opened",
 			holds: map[hsm.KeyID]bool{}, suspect: map[hsm.KeyID]suspectMark{}, verified: map[hsm.KeyID]bool{},
+			seen: map[hsm.KeyID]sighting{},
 		}
 		m.br.Store(c.newBreaker(m))
 		c.members = append(c.members, m)

@@ -583,6 +583,68 @@ func TestLeftoverClearedAfterGrace(t *testing.T) {
 	}
 }
 
+// TestReplacedLeftoverStartsItsGraceAfresh: replica A has seen a
+// leftover under k/v3 on every member for leftoverGrace and marked it
+// suspect. Replica B replaces it: B destroys it and creates k/v3, and its
+// catalog write is still to come when A's pass runs. A sees another
+// object under the ID (its check value differs) and keeps it; B's key
+// works.
+func TestReplacedLeftoverStartsItsGraceAfresh(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	a := e.c
+	for i, m := range a.members {
+		if _, err := m.token().GenerateKey(ctx, "k/v3", hsm.AES256, hsm.KeyOptions{Extractable: true}); err != nil {
+			t.Fatal(err)
+		}
+		a.markSuspect(a.members[i], "k/v3", hsm.ErrKeyExists)
+	}
+	if _, err := a.AntiEntropy(ctx); err != nil { // A sees the leftovers
+		t.Fatal(err)
+	}
+	e.clock.Advance(leftoverGrace)
+	for _, m := range a.members { // B clears them, as its own grace allowed
+		if err := m.token().DestroyKey(ctx, "k/v3"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bc := newBlockingCatalog(a.catalog)
+	b := e.replica(bc)
+	bc.create.Store(true)
+	created := make(chan error, 1)
+	go func() { _, err := b.GenerateKey(ctx, "k/v3", hsm.AES256, hsm.KeyOptions{}); created <- err }()
+	<-bc.entered
+	if _, err := a.AntiEntropy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(bc.release)
+	if err := <-created; err != nil {
+		t.Fatalf("B's creation: %v", err)
+	}
+	if _, _, err := b.EncryptGCM(ctx, "k/v3", nil, []byte("x"), nil); err != nil {
+		t.Fatalf("B's committed key has no material: %v", err)
+	}
+}
+
+// TestForeignLeftoverAgesWithoutPasses: with no anti-entropy at all, a
+// creation that finds its ID taken on m2 starts the leftover's grace
+// itself; a retry once it has passed destroys the leftover and succeeds.
+func TestForeignLeftoverAgesWithoutPasses(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	if _, err := e.c.members[2].token().GenerateKey(ctx, "id", hsm.AES256, hsm.KeyOptions{Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.GenerateKey(ctx, "id", hsm.AES256, hsm.KeyOptions{}); !errors.Is(err, hsm.ErrKeyExists) {
+		t.Fatalf("creation over a leftover: %v, want ErrKeyExists", err)
+	}
+	e.clock.Advance(leftoverGrace)
+	if _, err := e.c.GenerateKey(ctx, "id", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("retry once the grace has passed: %v", err)
+	}
+	sameMaterial(t, e.c, "id", 2, 0)
+}
+
 // joinWhileAway restarts the cluster with m0 down, replaces m2's HSM by
 // a fresh one and joins it: m0 and m2 never exchange key-encryption
 // keys. m0 is left down.

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -95,8 +96,10 @@ type member struct {
 	// (left by failed creations, or being made by another process); never
 	// served, reported by Coverage.
 	orphans map[hsm.KeyID]bool
-	// seen: when this process's listings first showed each of orphans.
-	seen    map[hsm.KeyID]time.Time
+	// seen: when this process first saw each of orphans, and what (its
+	// check value, nil if unknown), so that an object replaced under the
+	// same ID starts its grace afresh.
+	seen    map[hsm.KeyID]sighting
 	removed bool
 	// notJoined: the token holds no KEK of its own; the member waits for
 	// Bootstrap or Join.
@@ -161,6 +164,7 @@ func (m *member) hold(id hsm.KeyID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.holds[id], m.verified[id] = true, true
+	delete(m.suspect, id)
 }
 
 // suspectMark says whether the creation that marked m's object under an
@@ -193,14 +197,30 @@ func (m *member) addSuspect(id hsm.KeyID, mark suspectMark) {
 	delete(m.verified, id)
 }
 
-// leftoverAged reports whether m's object under id, which the catalog
-// does not list, has been seen in m's listings for leftoverGrace: the
-// time counts from the first listing of this process that showed it.
-func (m *member) leftoverAged(id hsm.KeyID, now time.Time) bool {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	first, ok := m.seen[id]
-	return ok && now.Sub(first) >= leftoverGrace
+// sighting is when this process first saw an object the catalog does not
+// list, and its check value then (nil when unknown).
+type sighting struct {
+	first time.Time
+	check []byte
+}
+
+// saw records that m holds an object under id with check value check
+// (nil: unknown) at now: the first sighting, or the same object again, or
+// another one, whose grace starts afresh.
+func (m *member) saw(id hsm.KeyID, check []byte, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sawLocked(id, check, now)
+}
+
+func (m *member) sawLocked(id hsm.KeyID, check []byte, now time.Time) {
+	prev, ok := m.seen[id]
+	switch {
+	case !ok || (prev.check != nil && check != nil && !bytes.Equal(prev.check, check)):
+		m.seen[id] = sighting{first: now, check: check}
+	case prev.check == nil && check != nil:
+		m.seen[id] = sighting{first: prev.first, check: check}
+	}
 }
 
 // observeLatency folds d into the member's moving average, kept in the

@@ -296,8 +296,9 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 		}
 		attempts = append(attempts, &MemberError{"catalog", err})
 	}
-	// Roll back: no copy may stay anywhere.
-	if len(holders) > 0 {
+	// Roll back: no copy may stay anywhere. When every copy was gone
+	// already, what is under the ID now is another process's.
+	if len(holders) > 0 && !gone {
 		c.rollback(ctx, id, holders)
 	}
 	return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
@@ -329,7 +330,37 @@ func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*membe
 // markSuspect marks m's object under id as left by a creation that
 // failed with err there.
 func (c *Cluster) markSuspect(m *member, id hsm.KeyID, err error) {
-	m.addSuspect(id, suspectMark{foreign: errors.Is(err, hsm.ErrKeyExists)})
+	foreign := errors.Is(err, hsm.ErrKeyExists)
+	m.addSuspect(id, suspectMark{foreign: foreign})
+	if foreign {
+		m.saw(id, nil, c.clock.Now()) // the answer shows that something is there
+	}
+}
+
+// leftoverReady reports, with id's key lock held, whether m's object
+// under id, which the catalog does not list, may be destroyed as a
+// leftover: this process first saw it leftoverGrace ago, and it is still
+// the object seen then (its check value has not changed; when none could
+// be read then or now, the time alone decides).
+func (c *Cluster) leftoverReady(ctx context.Context, m *member, tok *hsm.Token, id hsm.KeyID) bool {
+	now := c.clock.Now()
+	m.mu.RLock()
+	s, ok := m.seen[id]
+	m.mu.RUnlock()
+	if !ok || now.Sub(s.first) < leftoverGrace {
+		return false
+	}
+	v, err := tok.CheckValue(ctx, id)
+	switch {
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		return true // gone already: destroying finds nothing
+	case err != nil:
+		return s.check == nil
+	case s.check != nil && !bytes.Equal(v, s.check):
+		m.saw(id, v, now) // another object under the ID: its grace starts now
+		return false
+	}
+	return true
 }
 
 // clearSuspects destroys what failed creations of id may have left on
@@ -343,8 +374,14 @@ func (c *Cluster) clearSuspects(ctx context.Context, id hsm.KeyID, targets []*me
 		m.mu.RLock()
 		mark, suspect := m.suspect[id]
 		m.mu.RUnlock()
-		if !suspect || (mark.foreign && !m.leftoverAged(id, c.clock.Now())) {
+		if !suspect {
 			continue
+		}
+		if mark.foreign {
+			tok := m.token()
+			if tok == nil || !c.leftoverReady(ctx, m, tok, id) {
+				continue
+			}
 		}
 		_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
 			return struct{}{}, t.DestroyKey(ctx, id)

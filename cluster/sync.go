@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
 )
@@ -89,6 +88,16 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	// value. Other catalog keys wait for their check below; suspects for
 	// their destruction; keys the catalog does not know (left by failed
 	// creations, or being created by another process) are never served.
+	// What the keys the catalog does not know are, to tell one object
+	// from another put under the same ID (see leftoverReady). They are few.
+	orphanChecks := map[hsm.KeyID][]byte{}
+	for id := range listed {
+		if !reserved(id) && !known[id] {
+			if v, err := tok.CheckValue(ctx, id); err == nil {
+				orphanChecks[id] = v
+			}
+		}
+	}
 	holds := make(map[hsm.KeyID]bool, len(listed))
 	orphans := map[hsm.KeyID]bool{}
 	var unchecked []KeyRecord
@@ -133,15 +142,14 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 	}
 	m.orphans = orphans
 	now := c.clock.Now()
-	seen := make(map[hsm.KeyID]time.Time, len(orphans))
-	for id := range orphans {
-		if first, ok := m.seen[id]; ok {
-			seen[id] = first
-		} else {
-			seen[id] = now
+	for id := range m.seen {
+		if !orphans[id] {
+			delete(m.seen, id)
 		}
 	}
-	m.seen = seen
+	for id := range orphans {
+		m.sawLocked(id, orphanChecks[id], now)
+	}
 	if own == "" {
 		m.kek, m.holds = "", holds
 		m.mu.Unlock()
@@ -190,7 +198,7 @@ func (c *Cluster) sync(ctx context.Context, m *member, fresh bool) (RepairStats,
 		case err != nil && !errors.Is(err, hsm.ErrKeyNotFound):
 			unlock()
 			continue // the next pass decides
-		case errors.Is(err, hsm.ErrKeyNotFound) && listed[id] && !m.leftoverAged(id, c.clock.Now()):
+		case errors.Is(err, hsm.ErrKeyNotFound) && listed[id] && !c.leftoverReady(ctx, m, tok, id):
 			// Perhaps another process's creation, its catalog write still
 			// to come: kept, never served, until listings have shown it
 			// for leftoverGrace.

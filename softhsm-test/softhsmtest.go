@@ -50,12 +50,6 @@ func Require(t testing.TB) string {
 	return ""
 }
 
-// shared is the one piece of process-wide state, forced by SoftHSM reading
-// SOFTHSM2_CONF from the environment: the directory holding the
-// configuration file and the token directory of every cluster in the
-// process. Its mutex also serializes what creates, deletes or scans tokens
-// (softhsm2-util, C_Initialize), so that no instance reads a half-written
-// token.
 // tokenFiles keeps the process's SoftHSM2 instances, which share one
 // token directory, from reading a token's files while another rewrites
 // them: C_Initialize reads every token's token.object, and a login
@@ -68,6 +62,11 @@ func Require(t testing.TB) string {
 // Lock order: shared, then tokenFiles.
 var tokenFiles sync.Mutex
 
+// shared is the one piece of process-wide state, forced by SoftHSM reading
+// SOFTHSM2_CONF from the environment: the directory holding the
+// configuration file and the token directory of every cluster in the
+// process. Its mutex serializes the creation, restart and deletion of
+// members; tokenFiles keeps their file reads and writes apart.
 var shared struct {
 	sync.Mutex
 	refs     int
