@@ -97,12 +97,12 @@
 // be destroyed at that moment (its member just failed), or that a call
 // its caller gave up on may still make, is remembered (a suspect), and
 // destroyed before the ID is tried again, and by the member's re-sync
-// once this process's listings have shown it for two minutes and the
-// catalog still does not list the ID: until then it may be another
-// process's creation, its catalog write still to come. A member that
-// answered that the ID was taken is a suspect too, destroyed before a
-// retry only after those two minutes. The cluster never routes a
-// suspect's key to its member.
+// once this process has seen the same object (the same check value) for
+// two minutes and the catalog still does not list the ID: until then it
+// may be another process's creation, its catalog write still to come. A
+// member that answered that the ID was taken is a suspect too, destroyed
+// before a retry only after those two minutes. The cluster never routes
+// a suspect's key to its member.
 //
 // # Catalog, re-sync and anti-entropy
 //
