@@ -126,7 +126,9 @@
 // ID that a later creation takes; with a write quorum below the member
 // count, that creation succeeds without the member that holds the
 // leftover. So each record keeps the new key's check value
-// (hsm.Token.CheckValue, read from a member that holds it; KeyRecord.Check),
+// (hsm.Token.CheckValue, read from a member that holds it; KeyRecord.Check;
+// a creation none of whose holders gives it is rolled back, unless their
+// tokens cannot compute one),
 // and a member serves a key it held from before (after a restart, or
 // copied by another process sharing the catalog) only once its copy's
 // check value matches: re-sync checks every key, anti-entropy the ones

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/miekg/pkcs11"
 )
 
 // TestProbesAndRepairsRunTogether: health probes and anti-entropy passes
@@ -643,6 +644,38 @@ func TestForeignLeftoverAgesWithoutPasses(t *testing.T) {
 		t.Fatalf("retry once the grace has passed: %v", err)
 	}
 	sameMaterial(t, e.c, "id", 2, 0)
+}
+
+// TestCreationWithoutCheckValueRollsBack: m2 holds a leftover under
+// k/v2, and the new key's check value cannot be read on m0 or m1 (a
+// device error). The creation is rolled back rather than recorded
+// without a check value, which would let m2's leftover pass for the key
+// later; a retry records it.
+func TestCreationWithoutCheckValueRollsBack(t *testing.T) {
+	e := newEnv(t, 3, func(c *Config) { c.WriteQuorum = 2 })
+	ctx := context.Background()
+	e.plantLeftover(2, "k/v2")
+	for _, i := range []int{0, 1} {
+		e.sh.Members[i].Faults.FailNext(hsm.OpCheckValue, 2, pkcs11.CKR_DEVICE_ERROR) // the call and hsm's retry on a fresh session
+	}
+	if _, err := e.c.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); !errors.Is(err, ErrQuorum) {
+		t.Fatalf("creation without a check value: %v, want ErrQuorum", err)
+	}
+	if _, err := e.c.catalog.Get(ctx, "k/v2"); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Fatalf("the catalog records k/v2: %v", err)
+	}
+	for _, i := range []int{0, 1} {
+		if got := e.tokenKeys(i); len(got) != 0 {
+			t.Fatalf("m%d keeps %v after the rollback", i, got)
+		}
+	}
+	if _, err := e.c.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if rec, err := e.c.catalog.Get(ctx, "k/v2"); err != nil || len(rec.Check) == 0 {
+		t.Fatalf("record %+v, %v: want a check value", rec, err)
+	}
+	sameMaterial(t, e.c, "k/v2", 1, 0)
 }
 
 // joinWhileAway restarts the cluster with m0 down, replaces m2's HSM by

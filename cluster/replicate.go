@@ -275,17 +275,24 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	holders []*member, attempts []*MemberError, targets []*member) (hsm.KeyInfo, error) {
 	var err error
 	var check []byte
-	var gone bool
+	var gone, unchecked bool
 	if len(holders) > 0 && copies(holders) >= q {
-		check, gone = c.checkValue(ctx, id, holders)
-		if gone {
+		var cerr error
+		check, gone, cerr = c.checkValue(ctx, id, holders)
+		switch {
+		case gone:
 			// Every holder has lost its copy already (another process took
 			// it for a leftover): recording the key would record nothing.
 			err = fmt.Errorf("%w: every copy of the new key is gone", hsm.ErrKeyNotFound)
 			attempts = append(attempts, &MemberError{"check-value", err})
+		case cerr != nil:
+			// Without its check value, a member's other material under the
+			// ID would later pass for the key.
+			unchecked = true
+			attempts = append(attempts, &MemberError{"check-value", cerr})
 		}
 	}
-	if len(holders) > 0 && copies(holders) >= q && !gone {
+	if len(holders) > 0 && copies(holders) >= q && !gone && !unchecked {
 		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: check}
 		if _, err = c.catalog.Create(ctx, rec); err == nil {
 			for _, m := range holders {
@@ -304,27 +311,44 @@ func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.
 	return hsm.KeyInfo{}, &Error{Op: op, Key: string(id), Sentinel: ErrQuorum, Attempts: append(attempts, c.downErrors(targets)...)}
 }
 
+// checkValueTimeout bounds the reading of a new key's check value, which
+// does not stop with the caller's context: the copies exist by then.
+const checkValueTimeout = 10 * time.Second
+
 // checkValue reads the check value of new key id from the first of
-// holders that gives it; nil if none does (the key is then recorded
-// without one, and copies of it are taken up unchecked). gone reports
-// that every holder answered that it has no such key.
-func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*member) (v []byte, gone bool) {
-	missing := 0
+// holders that gives it. It is nil with err nil when every holder's token
+// cannot compute one (the key is then recorded without one, and copies
+// of it are taken up unchecked); gone reports that every holder answered
+// that it has no such key; any other failure of every holder is err.
+func (c *Cluster) checkValue(ctx context.Context, id hsm.KeyID, holders []*member) (v []byte, gone bool, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), checkValueTimeout)
+	defer cancel()
+	missing, unsupported := 0, 0
+	var errs []error
 	for _, m := range holders {
 		v, err := attempt(c, ctx, m, "check-value", func(ctx context.Context, t *hsm.Token) ([]byte, error) {
 			return t.CheckValue(ctx, id)
 		})
-		if err == nil {
-			return v, false
-		}
-		if errors.Is(err, hsm.ErrKeyNotFound) {
+		switch {
+		case err == nil:
+			return v, false, nil
+		case errors.Is(err, hsm.ErrKeyNotFound):
 			missing++
+		case errors.Is(err, hsm.ErrUnsupported):
+			unsupported++
 		}
+		errs = append(errs, fmt.Errorf("%s: %w", m.name, err))
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, missing == len(holders)
+	switch {
+	case missing == len(holders):
+		return nil, true, nil
+	case unsupported == len(holders):
+		return nil, false, nil
+	}
+	return nil, false, fmt.Errorf("cluster: no holder gave the new key's check value: %w", errors.Join(errs...))
 }
 
 // markSuspect marks m's object under id as left by a creation that
