@@ -137,7 +137,10 @@
 // replace it (metric leftovers_replaced_total), so that a record no copy
 // matches costs no key. Keys a member holds that the catalog does not
 // list (left by failed creations, or being created by another process)
-// are never served; Coverage reports them. A suspect that the catalog
+// are never served; Coverage reports them. DestroyLeftover destroys them
+// under one ID at once, for an operator who knows that no creation of
+// that ID is under way (after a first start of hsmkms died while it
+// created its integrity key, say). A suspect that the catalog
 // lists as live (committed since, by another process sharing the catalog,
 // say) is checked, not destroyed. Records made before check values, and
 // tokens that cannot compute one, are taken at their word. Coverage

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -718,4 +719,66 @@ func (e *env) restartWithDown(down int) *Cluster {
 	}
 	e.t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// TestDestroyLeftover: what a creation left under an ID the catalog does
+// not list goes at once, on every member that holds it, so that the ID
+// can be created again without leftoverGrace; a member that cannot
+// destroy its object is named and keeps it; an ID the catalog lists, and
+// the cluster's own IDs, are refused and lose nothing.
+func TestDestroyLeftover(t *testing.T) {
+	e := newEnv(t, 3, nil)
+	ctx := context.Background()
+	e.plantLeftover(0, "integrity")
+	e.plantLeftover(2, "integrity")
+	if _, err := e.c.GenerateKey(ctx, "integrity", hsm.HMAC256, hsm.KeyOptions{}); !errors.Is(err, hsm.ErrKeyExists) {
+		t.Fatalf("creation over the leftovers: %v, want ErrKeyExists", err)
+	}
+
+	e.sh.Members[2].Faults.FailNext(hsm.OpDestroyKey, 5, 0x30) // CKR_DEVICE_ERROR
+	err := e.c.DestroyLeftover(ctx, "integrity")
+	if err == nil || !strings.Contains(err.Error(), "m2") || strings.Contains(err.Error(), "m0") {
+		t.Fatalf("DestroyLeftover with m2 failing: %v, want an error naming m2 alone", err)
+	}
+	if slices.Contains(e.tokenKeys(0), "integrity") || !slices.Contains(e.tokenKeys(2), "integrity") {
+		t.Fatalf("after a failure on m2: m0 holds %v, m2 holds %v; want the leftover on m2 only", e.tokenKeys(0), e.tokenKeys(2))
+	}
+	e.sh.Members[2].Faults.FailNext(hsm.OpDestroyKey, 0, 0)
+	e.check()
+	if err := e.c.DestroyLeftover(ctx, "integrity"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if slices.Contains(e.tokenKeys(i), "integrity") {
+			t.Fatalf("m%d still holds the leftover", i)
+		}
+	}
+
+	// No grace: the ID is free at once.
+	if _, err := e.c.GenerateKey(ctx, "integrity", hsm.HMAC256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("creation after DestroyLeftover: %v", err)
+	}
+	mac, err := e.c.MAC(ctx, "integrity", crypto.SHA256, []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := e.c.members[i].token().VerifyMAC(ctx, "integrity", crypto.SHA256, []byte("m"), mac); err != nil {
+			t.Fatalf("m%d holds other material: %v", i, err)
+		}
+	}
+
+	// A listed key is no leftover, and reserved IDs belong to the cluster.
+	if err := e.c.DestroyLeftover(ctx, "integrity"); !errors.Is(err, hsm.ErrKeyExists) {
+		t.Fatalf("DestroyLeftover of a live key: %v, want ErrKeyExists", err)
+	}
+	if _, err := e.c.MAC(ctx, "integrity", crypto.SHA256, []byte("m")); err != nil {
+		t.Fatalf("the live key after a refused DestroyLeftover: %v", err)
+	}
+	if err := e.c.DestroyLeftover(ctx, hsm.KeyID(reservedPrefix+"kek")); !errors.Is(err, hsm.ErrInvalidInput) {
+		t.Fatalf("DestroyLeftover of a reserved ID: %v, want ErrInvalidInput", err)
+	}
+	if err := e.c.DestroyLeftover(ctx, ""); !errors.Is(err, hsm.ErrInvalidInput) {
+		t.Fatalf("DestroyLeftover of an empty ID: %v, want ErrInvalidInput", err)
+	}
 }

@@ -577,6 +577,84 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 	return nil
 }
 
+// DestroyLeftover destroys what the members hold under id, an ID the
+// catalog has no record of (live or destroyed): the copies that a
+// creation of id made before it failed, or before its process died.
+//
+// The cluster destroys such an object on its own only when a creation
+// of the same ID finds it there and this process has seen it for two
+// minutes, since another process sharing the members and the catalog may
+// be about to commit it; a process that starts again begins that wait
+// afresh. DestroyLeftover does not wait: it is for a caller who knows
+// that no creation of id is under way anywhere, and that the objects are
+// not another deployment's (an operator after a first start died: see
+// `hsmkms destroy-leftover`). A creation of id after it finds the ID
+// free.
+//
+// Members whose token is not open, or that are down, keep what they
+// hold: when they come back, their re-sync finds a copy that the
+// catalog's check value does not match (if id has been created
+// meanwhile) and replaces it. It returns an error wrapping
+// hsm.ErrKeyExists when the catalog lists id, and one wrapping each
+// member's error when members that could be reached kept their objects.
+func (c *Cluster) DestroyLeftover(ctx context.Context, id hsm.KeyID) (err error) {
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	if err := c.enter(); err != nil {
+		return err
+	}
+	defer c.leave()
+	start := time.Now()
+	defer func() { c.metrics.observeCluster("destroy-leftover", time.Since(start), err) }()
+	if reserved(id) {
+		return fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, id)
+	}
+	defer c.lockKey(id)()
+	if _, err := c.catalog.Get(ctx, id); err == nil {
+		return fmt.Errorf("%w: %s is in the catalog (live or destroyed): not a leftover", hsm.ErrKeyExists, id)
+	} else if !errors.Is(err, hsm.ErrKeyNotFound) {
+		return fmt.Errorf("cluster: catalog: %w", err)
+	}
+	var (
+		mu    sync.Mutex
+		fails []error
+		wg    sync.WaitGroup
+	)
+	for _, m := range c.members {
+		st, tok, _ := m.snapshot()
+		if tok == nil || st == Down {
+			continue
+		}
+		wg.Go(func() {
+			_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
+				return struct{}{}, t.DestroyKey(ctx, id)
+			})
+			if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+				mu.Lock()
+				fails = append(fails, &MemberError{Member: m.name, Err: err})
+				mu.Unlock()
+				return
+			}
+			if err == nil {
+				c.log.Info("cluster: destroyed a leftover", "member", m.name, "key", id)
+			}
+			m.mu.Lock()
+			delete(m.holds, id)
+			delete(m.verified, id)
+			delete(m.suspect, id)
+			delete(m.orphans, id)
+			delete(m.seen, id)
+			m.mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(fails) > 0 {
+		return fmt.Errorf("cluster: destroy-leftover %s: %w", id, errors.Join(fails...))
+	}
+	return nil
+}
+
 // copyCheck is what verifyCopy found.
 type copyCheck uint8
 
