@@ -138,6 +138,11 @@ func (c *Client) ensureIntegrityKey(ctx context.Context) error {
 		// member's): the key counts as there only if it works.
 		if _, merr := c.backend.MAC(ctx, c.cfg.IntegrityKeyID, crypto.SHA256, []byte("hsmkms integrity key check")); merr == nil {
 			err = nil
+		} else {
+			return fmt.Errorf("kmsadapter: creating the integrity key %s: its ID is taken on the HSMs by objects that do not work as the key: "+
+				"left by an earlier New that died before it finished, or being made by another process now; "+
+				"when neither is the case, destroy them (on a cluster, cluster.Cluster.DestroyLeftover) and try again: %w",
+				c.cfg.IntegrityKeyID, err)
 		}
 	}
 	if err != nil {

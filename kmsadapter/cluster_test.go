@@ -34,6 +34,23 @@ type clusterEnv struct {
 // whose catalog lives in the adapter's store, and a Client over it.
 func newClusterEnv(t testing.TB, n int) *clusterEnv {
 	t.Helper()
+	e := newBareClusterEnv(t, n)
+	var err error
+	e.c, err = kmsadapter.New(e.cl, e.store, clusterConfig(), kmsadapter.WithClock(e.clock))
+	require.NoError(t, err)
+	return e
+}
+
+// clusterConfig is the adapter's Config for a cluster of SoftHSM2 members.
+func clusterConfig() kmsadapter.Config {
+	kcfg := kmsadapter.DefaultConfig()
+	kcfg.OAEPHashes = []crypto.Hash{crypto.SHA1} // SoftHSM 2.6; the cluster cannot tell
+	return kcfg
+}
+
+// newBareClusterEnv is newClusterEnv without the Client.
+func newBareClusterEnv(t testing.TB, n int) *clusterEnv {
+	t.Helper()
 	ctx := context.Background()
 	e := &clusterEnv{sh: softhsmtest.New(t, n), store: kmsadapter.NewMemoryStore(), clock: newFakeClock()}
 	e.cat = kmsadapter.NewCatalog(e.store)
@@ -56,10 +73,6 @@ func newClusterEnv(t testing.TB, n int) *clusterEnv {
 		}
 		require.NoError(t, cl.Close())
 	})
-	kcfg := kmsadapter.DefaultConfig()
-	kcfg.OAEPHashes = []crypto.Hash{crypto.SHA1} // SoftHSM 2.6; the cluster cannot tell
-	e.c, err = kmsadapter.New(cl, e.store, kcfg, kmsadapter.WithClock(e.clock))
-	require.NoError(t, err)
 	return e
 }
 

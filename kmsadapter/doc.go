@@ -120,6 +120,14 @@
 // marks the record complete. New and Tick roll back records left in
 // Creating for longer than Config.CreateTimeout, destroying the HSM key if
 // it was made; after a crash there is either no key or a complete one.
+// The integrity key is made by the first New on an empty store. On a
+// cluster, a New that dies between the members' copies and the catalog's
+// record leaves objects under the key's ID that no catalog lists, and
+// later News fail with an error wrapping hsm.ErrKeyExists until they are
+// destroyed (cluster.Cluster.DestroyLeftover; `hsmkms destroy-leftover`).
+// New does not destroy them by itself: from its store alone it cannot
+// tell them from another process's creation in progress, or from the key
+// of a deployment whose store it was not given.
 //
 // # Time
 //

@@ -5,10 +5,20 @@
 //	hsmkms serve --config FILE   serve the cluster a YAML file describes
 //	hsmkms dev [--state DIR]     a 3-member SoftHSM2 cluster for development,
 //	                             provisioned on first run, on 127.0.0.1
+//	hsmkms destroy-leftover --config FILE --key ID
+//	                             destroy what the members hold under a key
+//	                             ID that the catalog does not list
 //
 // Both serve the KMS protocol on /, member states on /healthz and
 // Prometheus metrics on /metrics, and shut down gracefully on SIGINT or
 // SIGTERM, finishing the requests in flight.
+//
+// A first start that dies after some members made the metadata
+// integrity key and before the catalog recorded it leaves objects under
+// the key's ID, and every later start fails saying so. With no server
+// running, destroy-leftover with that ID (hsmkms.metadata-mac) removes
+// them; the next start makes the key. It refuses an ID that the catalog
+// lists.
 package main
 
 import (
@@ -27,6 +37,9 @@ const usage = `usage:
   hsmkms serve --config FILE    serve the cluster described by a YAML file
   hsmkms dev [--state DIR] [--listen ADDR]
                                 a 3-member SoftHSM2 cluster for development, on 127.0.0.1
+  hsmkms destroy-leftover --config FILE --key ID
+                                destroy what the members hold under a key ID that the
+                                catalog does not list (a creation that died midway)
 `
 
 func main() {
@@ -47,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, args[1:], stderr)
 	case "dev":
 		err = runDev(ctx, args[1:], stdout, stderr)
+	case "destroy-leftover":
+		err = runDestroyLeftover(ctx, args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

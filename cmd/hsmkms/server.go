@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/hsmkms/hsmkms/cluster"
+	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kmsadapter"
 	"github.com/hsmkms/hsmkms/kmsadapter/kmshttp"
 )
@@ -62,6 +63,10 @@ func startServer(ctx context.Context, cfg serverConfig, log *slog.Logger, tokOpt
 		return nil, fmt.Errorf("no member of the cluster can serve: %s", s.memberSummary())
 	}
 	if s.adapter, err = kmsadapter.New(s.cluster, nil, cfg.Adapter, kmsadapter.WithLogger(log)); err != nil {
+		if errors.Is(err, hsm.ErrKeyExists) {
+			return nil, fmt.Errorf("opening the metadata store %s: %w (with no server running, `hsmkms destroy-leftover --config FILE --key %s` destroys them)",
+				cfg.Adapter.StorePath, err, cfg.Adapter.IntegrityKeyID)
+		}
 		return nil, fmt.Errorf("opening the metadata store %s: %w", cfg.Adapter.StorePath, err)
 	}
 	auth, err := kmshttp.NewSigV4(cfg.SigV4)
