@@ -180,9 +180,13 @@ func (t *Token) asSO(ctx context.Context, soPIN PIN, fn func(s *session, soLogin
 			return nil
 		}
 		err := fn(s, soLogin, userLogin)
-		return errors.Join(err, userLogin())
+		err = errors.Join(err, userLogin())
+		// Cleared while every slot is still held, so that no call can use
+		// a handle of an object this call destroyed (a module may give
+		// its number to another object).
+		t.keys.clear()
+		return err
 	}, release)
-	t.keys.clear()
 	return err
 }
 
