@@ -528,24 +528,41 @@ func kekEverywhereFirst(targets []*member) []*member {
 	return append(out, rest...)
 }
 
+// beginDestroy starts op, a destruction of the user key id: it checks id,
+// enters the cluster and takes id's key lock. end, called with op's
+// error, records op and undoes the rest.
+func (c *Cluster) beginDestroy(id hsm.KeyID, op string) (end func(error), err error) {
+	if err := id.Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if reserved(id) {
+		err := fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, id)
+		c.metrics.observeCluster(op, time.Since(start), err)
+		c.leave()
+		return nil, err
+	}
+	unlock := c.lockKey(id)
+	return func(err error) {
+		unlock()
+		c.metrics.observeCluster(op, time.Since(start), err)
+		c.leave()
+	}, nil
+}
+
 // DestroyKey destroys a key on every member. The catalog records the
 // destruction first, so a member that is down now destroys the key when it
 // returns, before it serves, and the key never comes back. It fails with
 // hsm.ErrKeyNotFound when the catalog does not know the key.
 func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
-	if err := id.Validate(); err != nil {
+	end, err := c.beginDestroy(id, "destroy-key")
+	if err != nil {
 		return err
 	}
-	if err := c.enter(); err != nil {
-		return err
-	}
-	defer c.leave()
-	start := time.Now()
-	defer func() { c.metrics.observeCluster("destroy-key", time.Since(start), err) }()
-	if reserved(id) {
-		return fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, id)
-	}
-	defer c.lockKey(id)()
+	defer func() { end(err) }()
 	rec, err := c.catalog.Get(ctx, id)
 	if err != nil {
 		return err
@@ -598,19 +615,11 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 // hsm.ErrKeyExists when the catalog lists id, and one wrapping each
 // member's error when members that could be reached kept their objects.
 func (c *Cluster) DestroyLeftover(ctx context.Context, id hsm.KeyID) (err error) {
-	if err := id.Validate(); err != nil {
+	end, err := c.beginDestroy(id, "destroy-leftover")
+	if err != nil {
 		return err
 	}
-	if err := c.enter(); err != nil {
-		return err
-	}
-	defer c.leave()
-	start := time.Now()
-	defer func() { c.metrics.observeCluster("destroy-leftover", time.Since(start), err) }()
-	if reserved(id) {
-		return fmt.Errorf("%w: %s belongs to the cluster", hsm.ErrInvalidInput, id)
-	}
-	defer c.lockKey(id)()
+	defer func() { end(err) }()
 	if _, err := c.catalog.Get(ctx, id); err == nil {
 		return fmt.Errorf("%w: %s is in the catalog (live or destroyed): not a leftover", hsm.ErrKeyExists, id)
 	} else if !errors.Is(err, hsm.ErrKeyNotFound) {

@@ -25,7 +25,7 @@ type dyingCreation struct {
 
 func (d dyingCreation) GenerateKey(ctx context.Context, id hsm.KeyID, spec hsm.KeySpec, opts hsm.KeyOptions) (hsm.KeyInfo, error) {
 	for _, i := range d.members {
-		tok, err := hsm.Open(ctx, d.e.sh.Members[i].Config())
+		tok, err := hsm.Open(ctx, d.e.sh.Members[i].Config(), hsm.WithInterceptor(d.e.sh.Members[i].Faults))
 		if err != nil {
 			return hsm.KeyInfo{}, err
 		}
@@ -56,7 +56,7 @@ func TestIntegrityKeyLeftover(t *testing.T) {
 	require.ErrorIs(t, err, hsm.ErrKeyExists)
 	require.ErrorContains(t, err, "DestroyLeftover")
 	for _, i := range []int{0, 1} {
-		tok, err := hsm.Open(bg, e.sh.Members[i].Config())
+		tok, err := hsm.Open(bg, e.sh.Members[i].Config(), hsm.WithInterceptor(e.sh.Members[i].Faults))
 		require.NoError(t, err)
 		_, err = tok.Describe(bg, id)
 		tok.Close()
@@ -69,10 +69,12 @@ func TestIntegrityKeyLeftover(t *testing.T) {
 	key := createKey(t, c)
 	enc, err := c.Encrypt(bg, &kms.EncryptInput{KeyId: &key, Plaintext: []byte("sealed")})
 	require.NoError(t, err)
+	_, err = e.cl.AntiEntropy(bg) // for a member still syncing when the key was made
+	require.NoError(t, err)
 	mac, err := e.cl.MAC(bg, id, crypto.SHA256, []byte("m"))
 	require.NoError(t, err)
 	for i := range e.sh.Members {
-		tok, err := hsm.Open(bg, e.sh.Members[i].Config())
+		tok, err := hsm.Open(bg, e.sh.Members[i].Config(), hsm.WithInterceptor(e.sh.Members[i].Faults))
 		require.NoError(t, err)
 		err = tok.VerifyMAC(bg, id, crypto.SHA256, []byte("m"), mac)
 		tok.Close()

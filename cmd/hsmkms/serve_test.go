@@ -59,19 +59,18 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	return certFile, keyFile, pool
 }
 
-// `serve --config` over TLS: a YAML file naming two SoftHSM2 tokens by
-// PKCS#11 URI, and the SDK over HTTPS.
-func TestServeWithTLS(t *testing.T) {
-	sh := softhsmtest.New(t, 2)
-	certFile, keyFile, pool := selfSigned(t)
+// serverYAML is a server configuration over sh's members, with its files
+// in a temporary directory, the credentials of AKIASERVETEST0000001 and
+// extra (a top-level YAML line, or "").
+func serverYAML(t *testing.T, sh *softhsmtest.Cluster, extra string) string {
 	dir := t.TempDir()
 	var members strings.Builder
 	for i, m := range sh.Members {
 		fmt.Fprintf(&members, "    - name: hsm-%d\n      uri: %q\n", i, m.URI())
 	}
-	cfg, err := parseConfig([]byte(`
+	return `
 listen: 127.0.0.1:0
-tls: {cert_file: ` + certFile + `, key_file: ` + keyFile + `}
+` + extra + `
 metadata: {path: ` + filepath.Join(dir, "metadata.db") + `}
 catalog: {path: ` + filepath.Join(dir, "catalog.db") + `}
 cluster:
@@ -82,7 +81,15 @@ credentials:
   - access_key_id: AKIASERVETEST0000001
     secret_access_key: serve-test-secret-0123456789
     principal_arn: arn:aws:iam::111122223333:user/app
-`))
+`
+}
+
+// `serve --config` over TLS: a YAML file naming two SoftHSM2 tokens by
+// PKCS#11 URI, and the SDK over HTTPS.
+func TestServeWithTLS(t *testing.T) {
+	sh := softhsmtest.New(t, 2)
+	certFile, keyFile, pool := selfSigned(t)
+	cfg, err := parseConfig([]byte(serverYAML(t, sh, "tls: {cert_file: "+certFile+", key_file: "+keyFile+"}")))
 	if err != nil {
 		t.Fatal(err)
 	}
