@@ -606,7 +606,7 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 // that no creation of id is under way anywhere, and that the objects are
 // not another deployment's (an operator after a first start died: see
 // `hsmkms destroy-leftover`). A creation of id after it finds the ID
-// free.
+// free on the members it reached.
 //
 // Members whose token is not open, or that are down, keep what they
 // hold: when they come back, their re-sync finds a copy that the
@@ -636,7 +636,7 @@ func (c *Cluster) DestroyLeftover(ctx context.Context, id hsm.KeyID) (err error)
 			continue
 		}
 		wg.Go(func() {
-			_, err := attempt(c, ctx, m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
+			_, err := attempt(c, context.WithoutCancel(ctx), m, "destroy-key", func(ctx context.Context, t *hsm.Token) (struct{}, error) {
 				return struct{}{}, t.DestroyKey(ctx, id)
 			})
 			if err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {

@@ -141,7 +141,8 @@ func (c *Client) ensureIntegrityKey(ctx context.Context) error {
 		} else {
 			return fmt.Errorf("kmsadapter: creating the integrity key %s: its ID is taken on the HSMs by objects that do not work as the key: "+
 				"left by an earlier New that died before it finished, or being made by another process now; "+
-				"when neither is the case, destroy them (on a cluster, cluster.Cluster.DestroyLeftover) and try again: %w",
+				"when neither is the case and no other deployment uses these HSMs, destroy them "+
+				"(on a cluster, cluster.Cluster.DestroyLeftover) and try again: %w",
 				c.cfg.IntegrityKeyID, err)
 		}
 	}

@@ -16,9 +16,11 @@ import (
 
 // A first start dies after two of three members made the integrity key
 // and before the catalog recorded it. Every later start fails and names
-// the way out; destroy-leftover, run with no server, removes the objects
-// (and refuses a key the catalog lists), and the next start makes the
-// key on every member and serves.
+// the way out. destroy-leftover, run with no server, refuses while the
+// members hold another key the catalog does not list (another
+// deployment's HSMs?) unless forced, then removes the objects under the
+// ID and nothing else; it refuses a key the catalog lists. The next
+// start makes the key on every member and serves.
 func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	sh := softhsmtest.New(t, 3)
 	path := writeFile(t, "hsmkms.yaml", serverYAML(t, sh, ""))
@@ -68,7 +70,7 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 
 	log := newLogger(&strings.Builder{}, 8)
-	if _, err := startServer(ctx, cfg, log, opts...); err == nil || !strings.Contains(err.Error(), "hsmkms destroy-leftover --config FILE --key "+string(id)) {
+	if _, err := startServer(ctx, cfg, log, opts...); err == nil || !strings.Contains(err.Error(), "hsmkms destroy-leftover --config <this configuration> --key "+string(id)) {
 		t.Fatalf("start over the leftovers: %v, want the way out named", err)
 	}
 
@@ -78,9 +80,29 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 			t.Fatalf("destroy-leftover %q: exit %d, want 2; %s", args, code, stderr.String())
 		}
 	}
-	if err := destroyLeftover(ctx, cfg, id, log, opts...); err != nil {
-		t.Fatalf("destroy-leftover: %v", err)
+	// Another key the catalog does not list: perhaps another deployment's,
+	// whose integrity key this ID could be. Refused without --force.
+	withToken(t, sh.Members[1], func(tok *hsm.Token) {
+		if _, err := tok.GenerateKey(ctx, "another-deployment/v1", hsm.AES256, hsm.KeyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := destroyLeftover(ctx, cfg, id, false, log, opts...); err == nil || !strings.Contains(err.Error(), "hsm-1:another-deployment/v1") {
+		t.Fatalf("destroy-leftover beside another unlisted key: %v, want a refusal naming it", err)
 	}
+	withToken(t, sh.Members[0], func(tok *hsm.Token) {
+		if _, err := tok.Describe(ctx, id); err != nil {
+			t.Fatalf("a refused destroy-leftover destroyed hsm-0's object: %v", err)
+		}
+	})
+	if err := destroyLeftover(ctx, cfg, id, true, log, opts...); err != nil {
+		t.Fatalf("destroy-leftover --force: %v", err)
+	}
+	withToken(t, sh.Members[1], func(tok *hsm.Token) {
+		if _, err := tok.Describe(ctx, "another-deployment/v1"); err != nil {
+			t.Fatalf("destroy-leftover destroyed another key: %v", err)
+		}
+	})
 
 	s, err := startServer(ctx, cfg, log, opts...)
 	if err != nil {
@@ -109,7 +131,7 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 
 	// The key now in the catalog is no leftover: refused, and kept.
-	if err := destroyLeftover(ctx, cfg, id, log, opts...); !errors.Is(err, hsm.ErrKeyExists) || !strings.Contains(err.Error(), "in the catalog") {
+	if err := destroyLeftover(ctx, cfg, id, true, log, opts...); !errors.Is(err, hsm.ErrKeyExists) || !strings.Contains(err.Error(), "in the catalog") {
 		t.Fatalf("destroy-leftover of the live key: %v, want ErrKeyExists", err)
 	}
 	s, err = startServer(ctx, cfg, log, opts...)

@@ -5,11 +5,11 @@
 //	hsmkms serve --config FILE   serve the cluster a YAML file describes
 //	hsmkms dev [--state DIR]     a 3-member SoftHSM2 cluster for development,
 //	                             provisioned on first run, on 127.0.0.1
-//	hsmkms destroy-leftover --config FILE --key ID
+//	hsmkms destroy-leftover --config FILE --key ID [--force]
 //	                             destroy what the members hold under a key
 //	                             ID that the catalog does not list
 //
-// Both serve the KMS protocol on /, member states on /healthz and
+// serve and dev serve the KMS protocol on /, member states on /healthz and
 // Prometheus metrics on /metrics, and shut down gracefully on SIGINT or
 // SIGTERM, finishing the requests in flight.
 //
@@ -18,7 +18,9 @@
 // the key's ID, and every later start fails saying so. With no server
 // running, destroy-leftover with that ID (hsmkms.metadata-mac) removes
 // them; the next start makes the key. It refuses an ID that the catalog
-// lists.
+// lists, and, unless --force, HSMs that hold other keys the catalog does
+// not list: another deployment may use them, and the ID may name its
+// live integrity key.
 package main
 
 import (
@@ -37,7 +39,7 @@ const usage = `usage:
   hsmkms serve --config FILE    serve the cluster described by a YAML file
   hsmkms dev [--state DIR] [--listen ADDR]
                                 a 3-member SoftHSM2 cluster for development, on 127.0.0.1
-  hsmkms destroy-leftover --config FILE --key ID
+  hsmkms destroy-leftover --config FILE --key ID [--force]
                                 destroy what the members hold under a key ID that the
                                 catalog does not list (a creation that died midway)
 `

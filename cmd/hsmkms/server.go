@@ -64,7 +64,8 @@ func startServer(ctx context.Context, cfg serverConfig, log *slog.Logger, tokOpt
 	}
 	if s.adapter, err = kmsadapter.New(s.cluster, nil, cfg.Adapter, kmsadapter.WithLogger(log)); err != nil {
 		if errors.Is(err, hsm.ErrKeyExists) {
-			return nil, fmt.Errorf("opening the metadata store %s: %w (with no server running, `hsmkms destroy-leftover --config FILE --key %s` destroys them)",
+			return nil, fmt.Errorf("opening the metadata store %s: %w (if the catalog does not list the key: with no server running, "+
+				"`hsmkms destroy-leftover --config <this configuration> --key %s` destroys them)",
 				cfg.Adapter.StorePath, err, cfg.Adapter.IntegrityKeyID)
 		}
 		return nil, fmt.Errorf("opening the metadata store %s: %w", cfg.Adapter.StorePath, err)
