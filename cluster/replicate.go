@@ -605,8 +605,8 @@ func (c *Cluster) DestroyKey(ctx context.Context, id hsm.KeyID) (err error) {
 // afresh. DestroyLeftover does not wait: it is for a caller who knows
 // that no creation of id is under way anywhere, and that the objects are
 // not another deployment's (an operator after a first start died: see
-// `hsmkms destroy-leftover`). A creation of id after it finds the ID
-// free on the members it reached.
+// `hsmkms destroy-leftover`). A creation of id after DestroyLeftover
+// finds the ID free on the members that it reached.
 //
 // Members whose token is not open, or that are down, keep what they
 // hold: when they come back, their re-sync finds a copy that the
