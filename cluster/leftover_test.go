@@ -422,6 +422,30 @@ func TestCreationDuringAPassStaysServed(t *testing.T) {
 	}
 }
 
+// passDuringReplicaCreation has replica B, sharing a's catalog, create
+// id, and runs a's anti-entropy pass while B's catalog write is held; it
+// fails the test unless B's creation succeeds and B's key works.
+func (e *env) passDuringReplicaCreation(a *Cluster, id hsm.KeyID) {
+	e.t.Helper()
+	ctx := context.Background()
+	bc := newBlockingCatalog(a.catalog)
+	b := e.replica(bc)
+	bc.create.Store(true)
+	created := make(chan error, 1)
+	go func() { _, err := b.GenerateKey(ctx, id, hsm.AES256, hsm.KeyOptions{}); created <- err }()
+	<-bc.entered
+	if _, err := a.AntiEntropy(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	close(bc.release)
+	if err := <-created; err != nil {
+		e.t.Fatalf("B's creation: %v", err)
+	}
+	if _, _, err := b.EncryptGCM(ctx, id, nil, []byte("x"), nil); err != nil {
+		e.t.Fatalf("B's committed key has no material: %v", err)
+	}
+}
+
 // TestSuspectOfAnotherProcessIsKept: replica A's creation of k/v2 failed
 // midway on every member, which marks them suspect. Replica B then
 // creates k/v2; while B's catalog write is still to come, A's
@@ -440,22 +464,7 @@ func TestSuspectOfAnotherProcessIsKept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bc := newBlockingCatalog(a.catalog)
-	b := e.replica(bc)
-	bc.create.Store(true)
-	created := make(chan error, 1)
-	go func() { _, err := b.GenerateKey(ctx, "k/v2", hsm.AES256, hsm.KeyOptions{}); created <- err }()
-	<-bc.entered
-	if _, err := a.AntiEntropy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	close(bc.release)
-	if err := <-created; err != nil {
-		t.Fatalf("B's creation: %v", err)
-	}
-	if _, _, err := b.EncryptGCM(ctx, "k/v2", nil, []byte("x"), nil); err != nil {
-		t.Fatalf("B's committed key is gone: %v", err)
-	}
+	e.passDuringReplicaCreation(a, "k/v2")
 	e.clock.Advance(leftoverGrace)
 	if _, err := a.AntiEntropy(ctx); err != nil {
 		t.Fatal(err)
@@ -531,28 +540,12 @@ func TestCommitBetweenListingAndCatalogRead(t *testing.T) {
 // works.
 func TestOldMarkKeepsAnotherProcessCreation(t *testing.T) {
 	e := newEnv(t, 3, nil)
-	ctx := context.Background()
 	a := e.c
 	for _, m := range a.members {
 		a.markSuspect(m, "k/v3", context.DeadlineExceeded)
 	}
 	e.clock.Advance(leftoverGrace) // no pass ran meanwhile (A's members were away, say)
-	bc := newBlockingCatalog(a.catalog)
-	b := e.replica(bc)
-	bc.create.Store(true)
-	created := make(chan error, 1)
-	go func() { _, err := b.GenerateKey(ctx, "k/v3", hsm.AES256, hsm.KeyOptions{}); created <- err }()
-	<-bc.entered
-	if _, err := a.AntiEntropy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	close(bc.release)
-	if err := <-created; err != nil {
-		t.Fatalf("B's creation: %v", err)
-	}
-	if _, _, err := b.EncryptGCM(ctx, "k/v3", nil, []byte("x"), nil); err != nil {
-		t.Fatalf("B's committed key has no material: %v", err)
-	}
+	e.passDuringReplicaCreation(a, "k/v3")
 }
 
 // TestLeftoverClearedAfterGrace: m2 holds a leftover under an ID
@@ -610,22 +603,7 @@ func TestReplacedLeftoverStartsItsGraceAfresh(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bc := newBlockingCatalog(a.catalog)
-	b := e.replica(bc)
-	bc.create.Store(true)
-	created := make(chan error, 1)
-	go func() { _, err := b.GenerateKey(ctx, "k/v3", hsm.AES256, hsm.KeyOptions{}); created <- err }()
-	<-bc.entered
-	if _, err := a.AntiEntropy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	close(bc.release)
-	if err := <-created; err != nil {
-		t.Fatalf("B's creation: %v", err)
-	}
-	if _, _, err := b.EncryptGCM(ctx, "k/v3", nil, []byte("x"), nil); err != nil {
-		t.Fatalf("B's committed key has no material: %v", err)
-	}
+	e.passDuringReplicaCreation(a, "k/v3")
 }
 
 // TestForeignLeftoverAgesWithoutPasses: with no anti-entropy at all, a

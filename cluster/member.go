@@ -167,6 +167,17 @@ func (m *member) hold(id hsm.KeyID) {
 	delete(m.suspect, id)
 }
 
+// forget drops all m knows of its object under id, now destroyed.
+func (m *member) forget(id hsm.KeyID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.holds, id)
+	delete(m.verified, id)
+	delete(m.suspect, id)
+	delete(m.orphans, id)
+	delete(m.seen, id)
+}
+
 // suspectMark says whether the creation that marked m's object under an
 // ID as a suspect found the ID taken (foreign: the object was there
 // before, so it is not this process's).

@@ -273,35 +273,31 @@ func mayHaveMade(err error) bool {
 // or destroys every copy and returns the quorum error.
 func (c *Cluster) commit(ctx context.Context, op string, id hsm.KeyID, spec hsm.KeySpec, info hsm.KeyInfo, q int,
 	holders []*member, attempts []*MemberError, targets []*member) (hsm.KeyInfo, error) {
-	var err error
-	var check []byte
-	var gone, unchecked bool
+	var gone bool
 	if len(holders) > 0 && copies(holders) >= q {
-		var cerr error
-		check, gone, cerr = c.checkValue(ctx, id, holders)
+		var check []byte
+		var err error
+		check, gone, err = c.checkValue(ctx, id, holders)
 		switch {
 		case gone:
 			// Every holder has lost its copy already (another process took
 			// it for a leftover): recording the key would record nothing.
-			err = fmt.Errorf("%w: every copy of the new key is gone", hsm.ErrKeyNotFound)
-			attempts = append(attempts, &MemberError{"check-value", err})
-		case cerr != nil:
+			attempts = append(attempts, &MemberError{"check-value", fmt.Errorf("%w: every copy of the new key is gone", hsm.ErrKeyNotFound)})
+		case err != nil:
 			// Without its check value, a member's other material under the
 			// ID would later pass for the key.
-			unchecked = true
-			attempts = append(attempts, &MemberError{"check-value", cerr})
-		}
-	}
-	if len(holders) > 0 && copies(holders) >= q && !gone && !unchecked {
-		rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: check}
-		if _, err = c.catalog.Create(ctx, rec); err == nil {
-			for _, m := range holders {
-				m.hold(id)
+			attempts = append(attempts, &MemberError{"check-value", err})
+		default:
+			rec := KeyRecord{ID: id, Spec: spec, Usage: info.Usage, Created: c.clock.Now(), Check: check}
+			if _, err = c.catalog.Create(ctx, rec); err == nil {
+				for _, m := range holders {
+					m.hold(id)
+				}
+				c.metrics.keysCreated.Inc()
+				return info, nil
 			}
-			c.metrics.keysCreated.Inc()
-			return info, nil
+			attempts = append(attempts, &MemberError{"catalog", err})
 		}
-		attempts = append(attempts, &MemberError{"catalog", err})
 	}
 	// Roll back: no copy may stay anywhere. When every copy was gone
 	// already, what is under the ID now is another process's.
@@ -648,13 +644,7 @@ func (c *Cluster) DestroyLeftover(ctx context.Context, id hsm.KeyID) (err error)
 			if err == nil {
 				c.log.Info("cluster: destroyed a leftover", "member", m.name, "key", id)
 			}
-			m.mu.Lock()
-			delete(m.holds, id)
-			delete(m.verified, id)
-			delete(m.suspect, id)
-			delete(m.orphans, id)
-			delete(m.seen, id)
-			m.mu.Unlock()
+			m.forget(id)
 		})
 	}
 	wg.Wait()

@@ -182,11 +182,8 @@ func TestOnCluster(t *testing.T) {
 	// Read each member's token directly: the material is gone everywhere,
 	// the imported key is everywhere.
 	for _, m := range e.sh.Members {
-		tok, err := hsm.Open(bg, m.Config(), hsm.WithInterceptor(m.Faults))
+		infos, err := m.Open(t).ListKeys(bg)
 		require.NoError(t, err)
-		infos, err := tok.ListKeys(bg)
-		require.NoError(t, err)
-		require.NoError(t, tok.Close())
 		var symKeys, extKeys int
 		for _, i := range infos {
 			switch {

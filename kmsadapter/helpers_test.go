@@ -57,12 +57,7 @@ type env struct {
 
 func openToken(t testing.TB) *hsm.Token {
 	t.Helper()
-	cl := softhsmtest.New(t, 1)
-	m := cl.Members[0]
-	tok, err := hsm.Open(context.Background(), m.Config(), hsm.WithInterceptor(m.Faults))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, tok.Close()) })
-	return tok
+	return softhsmtest.New(t, 1).Members[0].Open(t)
 }
 
 func newEnv(t testing.TB) *env {

@@ -1,7 +1,6 @@
 package kmsadapter_test
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -25,10 +24,7 @@ import (
 // that hold material of KMS key id.
 func (e *clusterEnv) memberMaterial(t *testing.T, i int, id string) []hsm.KeyID {
 	t.Helper()
-	tok, err := hsm.Open(context.Background(), e.sh.Members[i].Config())
-	require.NoError(t, err)
-	defer func() { require.NoError(t, tok.Close()) }()
-	infos, err := tok.ListKeys(bg)
+	infos, err := e.sh.Members[i].Open(t).ListKeys(bg)
 	require.NoError(t, err)
 	var out []hsm.KeyID
 	for _, k := range infos {

@@ -56,10 +56,7 @@ func TestIntegrityKeyLeftover(t *testing.T) {
 	require.ErrorIs(t, err, hsm.ErrKeyExists)
 	require.ErrorContains(t, err, "DestroyLeftover")
 	for _, i := range []int{0, 1} {
-		tok, err := hsm.Open(bg, e.sh.Members[i].Config(), hsm.WithInterceptor(e.sh.Members[i].Faults))
-		require.NoError(t, err)
-		_, err = tok.Describe(bg, id)
-		tok.Close()
+		_, err := e.sh.Members[i].Open(t).Describe(bg, id)
 		require.NoError(t, err, "m%d's object was destroyed by a failed New", i)
 	}
 
@@ -73,11 +70,8 @@ func TestIntegrityKeyLeftover(t *testing.T) {
 	require.NoError(t, err)
 	mac, err := e.cl.MAC(bg, id, crypto.SHA256, []byte("m"))
 	require.NoError(t, err)
-	for i := range e.sh.Members {
-		tok, err := hsm.Open(bg, e.sh.Members[i].Config(), hsm.WithInterceptor(e.sh.Members[i].Faults))
-		require.NoError(t, err)
-		err = tok.VerifyMAC(bg, id, crypto.SHA256, []byte("m"), mac)
-		tok.Close()
+	for i, m := range e.sh.Members {
+		err := m.Open(t).VerifyMAC(bg, id, crypto.SHA256, []byte("m"), mac)
 		require.NoError(t, err, "m%d holds other material under %s", i, id)
 	}
 

@@ -291,6 +291,23 @@ func (m *Member) Config() hsm.Config {
 	return cfg
 }
 
+// Open opens the member's token apart from any cluster, through its
+// Faults (whose lock keeps the instances' token files apart), and closes
+// it when the test ends.
+func (m *Member) Open(t testing.TB) *hsm.Token {
+	t.Helper()
+	tok, err := hsm.Open(context.Background(), m.Config(), hsm.WithInterceptor(m.Faults))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tok.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return tok
+}
+
 // SOPIN returns the security officer's PIN.
 func (m *Member) SOPIN() hsm.PIN { return hsm.NewPIN(m.soPIN) }
 

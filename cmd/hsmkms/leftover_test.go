@@ -30,20 +30,13 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 	ctx := context.Background()
 	id := cfg.Adapter.IntegrityKeyID
-	// Every token is opened through its member's Faults, which keeps the
-	// members' SoftHSM2 instances from reading token files half written
-	// (see softhsmtest); the command line cannot pass it, so the test
-	// calls destroyLeftover as runDestroyLeftover does.
-	var opts []cluster.Option
-	for i, m := range sh.Members {
-		opts = append(opts, cluster.WithTokenOptions(cfg.Cluster.Members[i].Name, hsm.WithInterceptor(m.Faults)))
-	}
+	// Every token is opened through its member's Faults; the command line
+	// cannot pass them, so the test calls destroyLeftover as
+	// runDestroyLeftover does.
+	opts := memberOptions(&cfg, sh)
 
 	// The dead first start: a bootstrapped cluster, and the integrity
 	// key's copies on hsm-0 and hsm-2 that no catalog lists.
-	for i, m := range sh.Members {
-		cfg.Cluster.Members[i].SOPIN = m.SOPIN()
-	}
 	cat, err := cluster.OpenBoltCatalog(cfg.CatalogPath)
 	if err != nil {
 		t.Fatal(err)
@@ -62,11 +55,9 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, i := range []int{0, 2} {
-		withToken(t, sh.Members[i], func(tok *hsm.Token) {
-			if _, err := tok.GenerateKey(ctx, id, hsm.HMAC256, hsm.KeyOptions{Usage: hsm.UsageSign, Extractable: true}); err != nil {
-				t.Fatal(err)
-			}
-		})
+		if _, err := sh.Members[i].Open(t).GenerateKey(ctx, id, hsm.HMAC256, hsm.KeyOptions{Usage: hsm.UsageSign, Extractable: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	log := newLogger(&strings.Builder{}, 8)
@@ -82,27 +73,21 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 	// Another key the catalog does not list: perhaps another deployment's,
 	// whose integrity key this ID could be. Refused without --force.
-	withToken(t, sh.Members[1], func(tok *hsm.Token) {
-		if _, err := tok.GenerateKey(ctx, "another-deployment/v1", hsm.AES256, hsm.KeyOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if _, err := sh.Members[1].Open(t).GenerateKey(ctx, "another-deployment/v1", hsm.AES256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := destroyLeftover(ctx, cfg, id, false, log, opts...); err == nil || !strings.Contains(err.Error(), "hsm-1:another-deployment/v1") {
 		t.Fatalf("destroy-leftover beside another unlisted key: %v, want a refusal naming it", err)
 	}
-	withToken(t, sh.Members[0], func(tok *hsm.Token) {
-		if _, err := tok.Describe(ctx, id); err != nil {
-			t.Fatalf("a refused destroy-leftover destroyed hsm-0's object: %v", err)
-		}
-	})
+	if _, err := sh.Members[0].Open(t).Describe(ctx, id); err != nil {
+		t.Fatalf("a refused destroy-leftover destroyed hsm-0's object: %v", err)
+	}
 	if err := destroyLeftover(ctx, cfg, id, true, log, opts...); err != nil {
 		t.Fatalf("destroy-leftover --force: %v", err)
 	}
-	withToken(t, sh.Members[1], func(tok *hsm.Token) {
-		if _, err := tok.Describe(ctx, "another-deployment/v1"); err != nil {
-			t.Fatalf("destroy-leftover destroyed another key: %v", err)
-		}
-	})
+	if _, err := sh.Members[1].Open(t).Describe(ctx, "another-deployment/v1"); err != nil {
+		t.Fatalf("destroy-leftover destroyed another key: %v", err)
+	}
 
 	s, err := startServer(ctx, cfg, log, opts...)
 	if err != nil {
@@ -117,17 +102,14 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 	s.closeBackends()
 	_ = s.listener.Close()
-	var mac []byte
-	for i, m := range sh.Members {
-		withToken(t, m, func(tok *hsm.Token) {
-			if i == 0 {
-				if mac, err = tok.MAC(ctx, id, crypto.SHA256, []byte("m")); err != nil {
-					t.Fatal(err)
-				}
-			} else if err := tok.VerifyMAC(ctx, id, crypto.SHA256, []byte("m"), mac); err != nil {
-				t.Fatalf("hsm-%d holds other material under %s: %v", i, id, err)
-			}
-		})
+	mac, err := sh.Members[0].Open(t).MAC(ctx, id, crypto.SHA256, []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range sh.Members[1:] {
+		if err := m.Open(t).VerifyMAC(ctx, id, crypto.SHA256, []byte("m"), mac); err != nil {
+			t.Fatalf("hsm-%d holds other material under %s: %v", i+1, id, err)
+		}
 	}
 
 	// The key now in the catalog is no leftover: refused, and kept.
@@ -140,15 +122,4 @@ func TestDestroyLeftoverAfterADeadFirstStart(t *testing.T) {
 	}
 	s.closeBackends()
 	_ = s.listener.Close()
-}
-
-// withToken runs fn with member m's token, opened apart from any cluster.
-func withToken(t *testing.T, m *softhsmtest.Member, fn func(*hsm.Token)) {
-	t.Helper()
-	tok, err := hsm.Open(context.Background(), m.Config(), hsm.WithInterceptor(m.Faults))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	fn(tok)
 }

@@ -84,6 +84,19 @@ credentials:
 `
 }
 
+// memberOptions gives cfg's members the SO PINs of sh's tokens, which
+// the YAML cannot hold, and returns the options that open each member's
+// token through its Faults, whose lock keeps the members' SoftHSM2
+// instances from reading token files half written (see softhsmtest).
+func memberOptions(cfg *serverConfig, sh *softhsmtest.Cluster) []cluster.Option {
+	var opts []cluster.Option
+	for i, m := range sh.Members {
+		cfg.Cluster.Members[i].SOPIN = m.SOPIN()
+		opts = append(opts, cluster.WithTokenOptions(cfg.Cluster.Members[i].Name, hsm.WithInterceptor(m.Faults)))
+	}
+	return opts
+}
+
 // `serve --config` over TLS: a YAML file naming two SoftHSM2 tokens by
 // PKCS#11 URI, and the SDK over HTTPS.
 func TestServeWithTLS(t *testing.T) {
@@ -93,12 +106,7 @@ func TestServeWithTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The SO PINs of the test tokens cannot be written out; give them here.
-	var opts []cluster.Option
-	for i, m := range sh.Members {
-		cfg.Cluster.Members[i].SOPIN = m.SOPIN()
-		opts = append(opts, cluster.WithTokenOptions(cfg.Cluster.Members[i].Name, hsm.WithInterceptor(m.Faults)))
-	}
+	opts := memberOptions(&cfg, sh)
 	cfg.Bootstrap = true
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
