@@ -902,3 +902,46 @@ func TestPanicInLoginClosesTheSession(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, openSessions(p))
 }
+
+// opCounter is an Interceptor that counts the calls of one operation and
+// passes every call on.
+type opCounter struct {
+	op   hsm.Op
+	n    atomic.Int64
+	next hsm.Interceptor
+}
+
+func (c *opCounter) Intercept(ctx context.Context, op hsm.Op, call func() error) error {
+	if op == c.op {
+		c.n.Add(1)
+	}
+	return c.next.Intercept(ctx, op, call)
+}
+
+// TestSessionLoginCheckIsIntercepted: a session opened while the
+// application is logged in has its login state checked through the
+// Interceptor, as part of logging in, so that every call into the module
+// is seen (softhsmtest's Crash waits for the calls it sees before it
+// finalizes the module; a call it did not see hung in SoftHSM).
+func TestSessionLoginCheckIsIntercepted(t *testing.T) {
+	ctx := context.Background()
+	m := member(t)
+	counter := &opCounter{op: hsm.OpLogin, next: m.Faults}
+	cfg := m.Config()
+	tok, err := hsm.Open(ctx, cfg, hsm.WithInterceptor(counter))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tok.Close()) })
+	_, err = tok.GenerateKey(ctx, "aes", hsm.AES256, hsm.KeyOptions{})
+	require.NoError(t, err)
+	logins := counter.n.Load()
+
+	m.Faults.Hang(hsm.OpRandom) // keeps the idle session busy
+	hung := make(chan error, 1)
+	go func() { _, err := tok.Random(ctx, 16); hung <- err }()
+	require.NoError(t, m.Faults.AwaitHung(ctx, 1))
+	_, _, err = tok.EncryptGCM(ctx, "aes", nil, []byte("x"), nil) // on a new session
+	require.NoError(t, err)
+	m.Faults.Release()
+	require.NoError(t, <-hung)
+	assert.Equal(t, logins+1, counter.n.Load(), "the new session's login check did not go through the Interceptor")
+}

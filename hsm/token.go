@@ -600,7 +600,7 @@ func (t *Token) getSession(ctx context.Context) (*session, error) {
 			select {
 			case <-ch:
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, t.ctxErr(ctx) // ErrTimeout when our CallTimeout ended the wait
 			case <-t.closing:
 				return nil, ErrClosed
 			}
@@ -703,7 +703,14 @@ func (t *Token) logInIfNeeded(ctx context.Context, s *session, fresh bool) error
 		return nil
 	}
 	if loggedIn {
-		si, err := t.mod.ctx.GetSessionInfo(s.h)
+		// Through the Interceptor, as part of logging in: it sees every
+		// call into the module (a crash simulation waits for them).
+		var si pkcs11.SessionInfo
+		err := t.intercept(ctx, OpLogin, func() error {
+			var err error
+			si, err = t.mod.ctx.GetSessionInfo(s.h)
+			return err
+		})
 		if err != nil {
 			return err
 		}
